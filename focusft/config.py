@@ -1,0 +1,159 @@
+"""One typed configuration: `FocusConfig`, a `transformers.TrainingArguments` with the method's knobs.
+
+Every field has help text (shown by ``focusft train --help``). A YAML file (``--config``) gives
+values, command-line flags override it; both go through the same typed parser, so a bad value
+is reported with the flag's name. Defaults follow the paper's main configuration (METHOD.md)
+where it sets one: AdamW lr 1e-5, cosine, 10% warm-up, weight decay 0.01, grad-norm clip 1.0,
+K = 2 inner SGD steps at lr 1.0 with per-tensor clipping at 1.0, LoRA rank 32 / alpha 64 on the
+MLP projections of the top 35% of layers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from .errors import UserError
+
+CHOICES = {
+    "method": ("focusft", "sft"),
+    "attention": ("glm", "causal"),
+    "truncation": ("error", "left", "right"),
+    "inner_clip_mode": ("tensor", "global"),
+    "inner_objective": ("response", "context"),
+}
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class FocusConfig(TrainingArguments):
+    # --- model and data ------------------------------------------------------------------
+    model: str | None = field(default=None, metadata=_help(
+        "Model directory or hub name. Unset: the embedded tiny default (built locally)."))
+    data: str | None = field(default=None, metadata=_help(
+        "Training data: .parquet, .jsonl, .json or a saved datasets directory, with a "
+        "`messages` column (or prompt/completion). Unset: the embedded default's generated set."))
+    eval_data: str | None = field(default=None, metadata=_help("Optional held-out data, same formats."))
+    max_length: int = field(default=4096, metadata=_help("Maximum tokens per sample."))
+    truncation: str = field(default="error", metadata=_help(
+        "Samples longer than --max_length: error | left (drop the start) | right (drop the end)."))
+    trust_remote_code: bool = field(default=False, metadata=_help(
+        "Allow model/tokenizer code from the model directory to run. Off unless you ask."))
+    # --- the method ----------------------------------------------------------------------
+    method: str = field(default="focusft", metadata=_help(
+        "focusft (bilevel: inner fast-weight loop, then the SFT update) | sft (plain SFT)."))
+    attention: str = field(default="glm", metadata=_help(
+        "glm (context turns bidirectional, responses causal) | causal (plain causal mask)."))
+    inner_steps: int = field(default=2, metadata=_help("Inner SGD steps K per micro-batch (0 = SFT)."))
+    inner_lr: float = field(default=1.0, metadata=_help("Inner SGD learning rate."))
+    inner_clip: float = field(default=1.0, metadata=_help(
+        "Inner gradient-norm clip (per sample); <= 0 disables."))
+    inner_clip_mode: str = field(default="tensor", metadata=_help(
+        "tensor (each fast tensor clipped on its own, as the reference) | global (one norm)."))
+    inner_objective: str = field(default="response", metadata=_help(
+        "response (assistant-token CE, the reference) | context (next-token CE on context "
+        "blocks, computed under the causal mask since a bidirectional block sees its next token)."))
+    fast_rank: int = field(default=32, metadata=_help("Rank r of the fast LoRA factors."))
+    fast_alpha: float = field(default=64.0, metadata=_help("LoRA alpha; the update is scaled by alpha/r."))
+    fast_dropout: float = field(default=0.0, metadata=_help("Dropout on the fast-weight input path."))
+    fast_layer_fraction: float = field(default=0.35, metadata=_help(
+        "Fraction of top decoder layers with fast weights: layers int(L*(1-f)) .. L-1."))
+    fast_target_modules: list[str] = field(
+        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"],
+        metadata=_help("Names of the Linear modules in each adapted layer that get fast weights."))
+    leak_warn_ratio: float = field(default=0.1, metadata=_help(
+        "Warn when the outer loss stays below this fraction of the base (pre-adaptation) loss."))
+    leak_warn_patience: int = field(default=5, metadata=_help(
+        "... for this many consecutive logging windows (leakage of the label into fast weights)."))
+    # --- changed defaults of TrainingArguments ---------------------------------------------
+    output_dir: str | None = field(default="runs/focusft", metadata=_help("Where checkpoints go."))
+    learning_rate: float = field(default=1e-5, metadata=_help("Outer AdamW learning rate."))
+    lr_scheduler_type: str = field(default="cosine", metadata=_help("Outer learning-rate schedule."))
+    warmup_steps: float = field(default=0.1, metadata=_help(
+        "Warm-up: steps, or a fraction of all steps when < 1."))
+    weight_decay: float = field(default=0.01, metadata=_help("Outer AdamW weight decay."))
+    num_train_epochs: float = field(default=5.0, metadata=_help("Training epochs."))
+    per_device_train_batch_size: int = field(default=1, metadata=_help("Samples per device per micro-batch."))
+    logging_steps: float = field(default=10, metadata=_help("Log every N optimizer steps."))
+    save_strategy: str = field(default="no", metadata=_help("no | steps | epoch (the final model is always saved)."))
+    remove_unused_columns: bool = field(default=False, metadata=_help("Kept False: the step needs loss_mask and sample_ids."))
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"--{name} must be one of {' | '.join(allowed)}, got {getattr(self, name)!r}")
+        _check_range("max_length", self.max_length, low=2)
+        _check_range("inner_steps", self.inner_steps, low=0)
+        _check_range("fast_rank", self.fast_rank, low=1)
+        _check_range("fast_layer_fraction", self.fast_layer_fraction, low=0.0, high=1.0, low_open=True)
+        _check_range("fast_dropout", self.fast_dropout, low=0.0, high=1.0)
+        if not self.fast_target_modules:
+            raise UserError("--fast_target_modules must name at least one Linear module")
+        super().__post_init__()
+
+    @property
+    def bilevel(self) -> bool:
+        return self.method == "focusft"
+
+    def to_yaml(self) -> str:
+        """The resolved configuration: every field of this class, as written next to checkpoints."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        return yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True)
+
+
+def _check_range(flag, value, low=None, high=None, low_open=False):
+    too_low = low is not None and (value <= low if low_open else value < low)
+    if too_low or (high is not None and value > high):
+        bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
+        raise UserError(f"--{flag} must be in {bounds}, got {value}")
+
+
+def field_names() -> set[str]:
+    return {f.name for f in fields(FocusConfig) if f.init}
+
+
+def yaml_to_flags(path: str) -> list[str]:
+    """Turn a YAML config into command-line flags, so one typed parser checks both."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        values = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"--config {path}: not valid YAML ({err})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"--config {path}: expected a mapping of option: value at the top level")
+    unknown = sorted(set(values) - field_names())
+    if unknown:
+        raise UserError(f"--config {path}: unknown key(s) {unknown}; see `focusft train --help`")
+    flags = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            flags += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            flags += [f"--{key}", json.dumps(value)]
+        else:
+            flags += [f"--{key}", str(value)]
+    return flags
+
+
+def parse_config(argv: list[str]) -> FocusConfig:
+    """Parse ``[--config FILE] [--flag value ...]``; flags override the file."""
+    flags = list(argv)
+    if "--config" in flags:
+        i = flags.index("--config")
+        if i + 1 >= len(flags):
+            raise UserError("--config needs a file name")
+        flags = yaml_to_flags(flags[i + 1]) + flags[:i] + flags[i + 2 :]
+    parser = HfArgumentParser(FocusConfig, prog="focusft train")
+    (config,) = parser.parse_args_into_dataclasses(args=flags)
+    return config

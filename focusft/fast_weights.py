@@ -1,0 +1,152 @@
+"""Transient per-sample LoRA fast weights (FocuSFT's parametric memory).
+
+For a target Linear ``y = W x`` in an adapted decoder layer, sample n of the batch sees::
+
+    y_n = W x_n + (alpha / r) * B_n A_n x_n          A_n: (r, in),  B_n: (out, r)
+
+              x_n ──────────── W ──────────────┐
+               │                               (+) ──> y_n
+               └── dropout ── A_n ── B_n ── *s ┘
+
+The factors are stacked over the batch, ``A: (N, r, in)`` and ``B: (N, out, r)``, and applied
+with two batched matmuls, so each sample holds its own memory: a sample adapts the same way
+alone, inside a batch, or on another rank. They live outside the module tree (attached by a
+forward hook on the Linear), hence are never in the outer optimizer, never in a state dict and
+never in a checkpoint; the model keeps its exact structure and parameter names.
+
+Lifecycle (`FastWeights`):
+    inject(model, ...)   hooks on the target Linears of the top layers
+    reset(seeds)         per micro-batch: A_n ~ Kaiming-uniform(a=sqrt(5)) from sample n's own
+                         seed, B_n = 0, so the model starts unchanged
+    tensors()            the fast tensors, in a fixed order, for the inner loop
+    disabled()           context manager: the base model alone
+    strip()              remove the hooks; the model is plain again
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+
+@dataclass
+class FastLinear:
+    """The fast factors attached to one base Linear."""
+
+    module: nn.Linear
+    a: torch.Tensor | None = None  # (N, r, in)
+    b: torch.Tensor | None = None  # (N, out, r)
+
+
+def adapted_layer_indices(num_layers: int, fraction: float) -> list[int]:
+    """Top `fraction` of the layers: int(L * (1 - fraction)) .. L-1 (the reference's rule).
+
+    >>> adapted_layer_indices(28, 0.35)[:3], len(adapted_layer_indices(28, 0.35))
+    ([18, 19, 20], 10)
+    """
+    first = min(int(num_layers * (1.0 - fraction)), num_layers - 1)
+    return list(range(first, num_layers))
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder's list of layers (``model.model.layers`` for Llama/Qwen-style models)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UserError(f"{type(model).__name__}: cannot find the decoder layers "
+                        "(expected model.get_decoder().layers); fast weights need a decoder-only LM")
+    return layers
+
+
+def find_targets(layer: nn.Module, names: tuple[str, ...], layer_idx: int) -> list[nn.Linear]:
+    """The Linear submodules of `layer` whose attribute name is one of `names`."""
+    found = {n.rsplit(".", 1)[-1]: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise UserError(f"layer {layer_idx} has no Linear named {missing} for fast weights "
+                        f"(--fast_target_modules); its Linear modules are {sorted(found)}")
+    return [found[n] for n in names]
+
+
+class FastWeights:
+    """Per-sample LoRA factors hooked onto target Linears (see module docstring)."""
+
+    def __init__(self, model: nn.Module, rank: int = 32, alpha: float = 64.0, dropout: float = 0.0,
+                 layer_fraction: float = 0.35,
+                 target_modules: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")):
+        layers = decoder_layers(model)
+        self.layer_indices = adapted_layer_indices(len(layers), layer_fraction)
+        self.rank, self.scale = rank, alpha / rank
+        self.dropout = nn.Dropout(dropout)
+        self.enabled = True
+        self.slots: list[FastLinear] = []
+        self._hooks = []
+        for idx in self.layer_indices:
+            for linear in find_targets(layers[idx], tuple(target_modules), idx):
+                slot = FastLinear(linear)
+                self.slots.append(slot)
+                self._hooks.append(linear.register_forward_hook(self._hook(slot)))
+
+    @property
+    def first_layer(self) -> int:
+        return self.layer_indices[0]
+
+    def _hook(self, slot: FastLinear):
+        def add_fast(module, inputs, output):
+            if not self.enabled or slot.a is None:
+                return output
+            x = inputs[0]  # (N, S, in)
+            if x.shape[0] != slot.a.shape[0]:
+                raise RuntimeError(f"fast weights hold {slot.a.shape[0]} samples, batch has {x.shape[0]}")
+            down = torch.bmm(self.dropout(x), slot.a.transpose(1, 2).to(x.dtype))  # (N, S, r)
+            return output + self.scale * torch.bmm(down, slot.b.transpose(1, 2).to(x.dtype))
+        return add_fast
+
+    def reset(self, seeds: list[int], device=None) -> None:
+        """Fresh factors for a batch: A_n drawn from generator seeded with seeds[n], B_n = 0."""
+        device = device or self.slots[0].module.weight.device
+        gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        for slot in self.slots:
+            out_f, in_f = slot.module.weight.shape
+            bound = 1.0 / math.sqrt(in_f)  # kaiming_uniform_(a=sqrt(5)) on an (r, in) weight
+            slot.a = torch.stack([
+                torch.empty(self.rank, in_f, device=device).uniform_(-bound, bound, generator=g)
+                for g in gens
+            ])
+            slot.b = torch.zeros(len(seeds), out_f, self.rank, device=device)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """All fast tensors in a fixed order: [A_0, B_0, A_1, B_1, ...]."""
+        return [t for slot in self.slots for t in (slot.a, slot.b)]
+
+    def assign(self, tensors: list[torch.Tensor]) -> None:
+        """Install new fast tensors (same order as `tensors()`)."""
+        for i, slot in enumerate(self.slots):
+            slot.a, slot.b = tensors[2 * i], tensors[2 * i + 1]
+
+    def clear(self) -> None:
+        """Drop the factors (the model is the base model until the next reset)."""
+        for slot in self.slots:
+            slot.a = slot.b = None
+
+    @contextlib.contextmanager
+    def disabled(self):
+        """Run the base model alone inside the block."""
+        previous, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = previous
+
+    def strip(self) -> None:
+        """Remove every hook; the model is exactly the base model again."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        self.clear()

@@ -1,0 +1,134 @@
+"""Attention layouts: the GLM turn-block mask and plain causal, as key ranges.
+
+FocuSFT trains under a GLM-style mask built from the loss mask. A row is split into blocks:
+each maximal run of non-loss tokens (system, user and tool text, assistant headers) is a
+*context* block, each maximal run of loss tokens (assistant content + end-of-turn) is a
+*response* block. Then
+
+    context query q in block [s, e):   sees keys [0, e)      (its whole block, bidirectional)
+    response query q:                  sees keys [0, q + 1)  (causal)
+    padding:                           sees nothing, is seen by no one
+
+Every row of the mask is therefore a *prefix* of the keys: query q may attend to exactly the
+keys lo(q) <= k < hi(q), with lo = 0 (or the start of its sample when several samples are
+packed in one row). That is what lets the attention kernels in `focusft.attention` work block
+by block through SDPA without ever forming an S x S tensor.
+
+Worked example (one row, length 8, then one pad)::
+
+    position   0  1  2  3  4  5  6  7  8
+    loss_mask  0  0  0  1  1  0  0  1  -      (- = padding)
+    blocks     C[0,3) R[3,5) C[5,7) R[7,8)
+    hi(q)      3  3  3  4  5  7  7  8  0
+    lo(q)      0  0  0  0  0  0  0  0  0
+
+The plain causal layout of the same row is one response block R[0,8): hi(q) = q + 1.
+
+The dense boolean mask (`dense_mask`) exists only as the reference the tests compare with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class Block:
+    """Queries [start, end) of one row see keys [key_start, end) (dense) or [key_start, q+1) (causal)."""
+
+    start: int
+    end: int
+    key_start: int
+    causal: bool
+
+
+def turn_blocks(loss_mask: Sequence[int], length: int, key_start: int = 0) -> list[Block]:
+    """Split positions [key_start, length) into maximal runs of equal loss-mask value.
+
+    >>> [(b.start, b.end, b.causal) for b in turn_blocks([0, 0, 0, 1, 1, 0, 0, 1], 8)]
+    [(0, 3, False), (3, 5, True), (5, 7, False), (7, 8, True)]
+    """
+    blocks, start = [], key_start
+    for pos in range(key_start + 1, length + 1):
+        if pos == length or bool(loss_mask[pos]) != bool(loss_mask[start]):
+            blocks.append(Block(start, pos, key_start, causal=bool(loss_mask[start])))
+            start = pos
+    return blocks
+
+
+def causal_blocks(length: int, key_start: int = 0) -> list[Block]:
+    """The plain causal layout of one sample: a single causal block.
+
+    >>> causal_blocks(4)
+    [Block(start=0, end=4, key_start=0, causal=True)]
+    """
+    return [Block(key_start, length, key_start, causal=True)] if length > key_start else []
+
+
+@dataclass(frozen=True)
+class AttentionLayout:
+    """The blocks of every row of a batch, plus the padded sequence length."""
+
+    rows: tuple[tuple[Block, ...], ...]
+    seq_len: int
+
+    @classmethod
+    def glm(cls, loss_mask: torch.Tensor, lengths: Sequence[int]) -> "AttentionLayout":
+        """GLM turn-block layout from a (B, S) token-level loss mask and the real lengths."""
+        masks = loss_mask.tolist()
+        rows = tuple(tuple(turn_blocks(m, int(n))) for m, n in zip(masks, lengths))
+        return cls(rows, loss_mask.shape[1])
+
+    @classmethod
+    def causal(cls, lengths: Sequence[int], seq_len: int) -> "AttentionLayout":
+        """Plain causal layout; positions at or past a row's length are padding."""
+        return cls(tuple(tuple(causal_blocks(int(n))) for n in lengths), seq_len)
+
+    def key_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi), each (B, S) long: query q of row b sees keys lo <= k < hi. Pads: lo = hi = 0."""
+        lo = torch.zeros(len(self.rows), self.seq_len, dtype=torch.long)
+        hi = torch.zeros_like(lo)
+        for b, blocks in enumerate(self.rows):
+            for blk in blocks:
+                lo[b, blk.start : blk.end] = blk.key_start
+                if blk.causal:
+                    hi[b, blk.start : blk.end] = torch.arange(blk.start + 1, blk.end + 1)
+                else:
+                    hi[b, blk.start : blk.end] = blk.end
+        return lo, hi
+
+
+def glm_key_limits(loss_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """hi(q) of the GLM mask for a (B, S) loss mask, vectorised (no Python loop over tokens).
+
+    A context token's limit is the end of its run; a response token's is q + 1; pads get 0.
+
+    >>> glm_key_limits(torch.tensor([[0, 0, 0, 1, 1, 0, 0, 1, 0]]), torch.tensor([8])).tolist()
+    [[3, 3, 3, 4, 5, 7, 7, 8, 0]]
+    """
+    batch, seq = loss_mask.shape
+    pos = torch.arange(seq).expand(batch, seq)
+    real = pos < lengths[:, None]
+    is_loss = loss_mask.bool() & real
+    # A run ends at p when p is the last real position or the loss value changes at p + 1.
+    nxt = torch.cat([is_loss[:, 1:], torch.zeros(batch, 1, dtype=torch.bool)], dim=1)
+    run_end = real & ((pos + 1 >= lengths[:, None]) | (nxt != is_loss))
+    # End of the run containing p = the first run end at or after p (reverse cumulative min).
+    ends = torch.where(run_end, pos + 1, torch.full_like(pos, seq + 1))
+    block_end = ends.flip(1).cummin(1).values.flip(1)
+    hi = torch.where(is_loss, pos + 1, block_end)
+    return torch.where(real, hi, torch.zeros_like(hi))
+
+
+def dense_mask(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """(B, 1, S, S) boolean mask, True where query q may attend key k. Test reference only.
+
+    >>> dense_mask(torch.tensor([[0, 0, 0]]), torch.tensor([[2, 2, 3]]))[0, 0].int().tolist()
+    [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    """
+    keys = torch.arange(lo.shape[1])
+    allowed = (keys >= lo[..., None]) & (keys < hi[..., None])
+    return allowed[:, None]

@@ -1,0 +1,156 @@
+"""One FocuSFT step as plain functions: targets, the inner loop wired into the forward, the loss.
+
+The inner loop runs *inside* the outer forward, at the first adapted layer ``l0``::
+
+    embed -> layers[0:l0] ──h──> (pre-hook on layers[l0]) ──> layers[l0:] -> norm -> lm_head
+                                  │ inner loop on h.detach(), K times:
+                                  │   layers[l0:] -> norm -> lm_head at target positions
+                                  │   -> per-sample CE -> SGD on the fast weights
+                                  └ then the outer forward continues with the adapted weights
+
+so the bottom layers run once per step: their output (detached) feeds every inner step and
+(with its graph) the outer pass. Logits are computed only at positions that carry loss, in both
+loops. The hook fires only when armed for the step, so activation checkpointing (which
+re-runs layer forwards during backward) never re-enters the inner loop.
+
+Targets: position t predicts token t+1. ``labels[b, t] = input_ids[b, t+1]`` where token t+1
+is an assistant token, else -100 (built by the collator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .fast_weights import FastWeights, decoder_layers
+from .inner import InnerConfig, InnerStats, inner_loop
+from .masks import AttentionLayout
+
+
+@dataclass
+class Targets:
+    """Flat target positions of a batch: row, position, token; plus the batch size."""
+
+    rows: torch.Tensor  # (T,)
+    cols: torch.Tensor  # (T,)
+    tokens: torch.Tensor  # (T,)
+    batch_size: int
+
+
+def response_targets(labels: torch.Tensor) -> Targets:
+    """Positions whose next token is an assistant token (the SFT objective)."""
+    rows, cols = (labels != -100).nonzero(as_tuple=True)
+    return Targets(rows, cols, labels[rows, cols], labels.shape[0])
+
+
+def context_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor,
+                    attention_mask: torch.Tensor) -> Targets:
+    """Positions whose next token is a real context (non-assistant) token."""
+    nxt_is_context = (~loss_mask.bool()[:, 1:]) & attention_mask.bool()[:, 1:]
+    rows, cols = nxt_is_context.nonzero(as_tuple=True)
+    return Targets(rows, cols, input_ids[rows, cols + 1], input_ids.shape[0])
+
+
+def sample_mean_ce(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(N,) mean cross-entropy of each sample's targets (0 for a sample without targets)."""
+    ce = F.cross_entropy(logits.float(), targets.tokens, reduction="none")
+    n = targets.batch_size
+    sums = torch.zeros(n, device=ce.device).index_add(0, targets.rows, ce)
+    counts = torch.bincount(targets.rows, minlength=n).clamp(min=1)
+    return sums / counts
+
+
+@dataclass
+class InnerJob:
+    """What the armed hook needs for one step's inner loop."""
+
+    targets: Targets
+    layout: AttentionLayout | None = None  # None: the outer layout; else e.g. causal for context
+
+
+class BilevelStep:
+    """Hooks the inner loop of `fast` into `model`'s forward (see module docstring)."""
+
+    def __init__(self, model, fast: FastWeights, cfg: InnerConfig):
+        self.fast, self.cfg = fast, cfg
+        self.layers = decoder_layers(model)
+        self.norm = model.get_decoder().norm
+        self.lm_head = model.get_output_embeddings()
+        self.first = fast.first_layer
+        self.job: InnerJob | None = None
+        self.stats: InnerStats | None = None
+        self._embeds: torch.Tensor | None = None
+        self._handles = [
+            self.layers[self.first].register_forward_pre_hook(self._run_inner, with_kwargs=True),
+            self.layers[0].register_forward_pre_hook(self._keep_embeds, with_kwargs=True),
+        ]
+
+    def arm(self, job: InnerJob) -> None:
+        """Run the inner loop during the next forward pass (once)."""
+        self.job, self.stats = job, None
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+    def _keep_embeds(self, module, args, kwargs):
+        if self.job is not None and self.job.layout is not None:
+            self._embeds = (args[0] if args else kwargs["hidden_states"]).detach()
+
+    def _run_inner(self, module, args, kwargs):
+        if self.job is None:
+            return None
+        job, self.job = self.job, None
+        hidden = (args[0] if args else kwargs["hidden_states"]).detach()
+        kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        # The outer forward may run under activation checkpointing (no-grad or saved-tensor
+        # hooks); the inner loop builds and consumes its own ordinary graph.
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+            if job.layout is not None:
+                kwargs["layout"] = job.layout
+                hidden = self._bottom(self._embeds, kwargs)
+                self._embeds = None
+            self.stats = inner_loop(lambda: self._top_losses(hidden, kwargs, job.targets),
+                                    self.fast, self.cfg)
+        return None
+
+    def _bottom(self, embeds: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        with torch.no_grad():
+            h = embeds
+            for layer in self.layers[: self.first]:
+                h = _hidden(layer(h, **kwargs))
+        return h
+
+    def _top_losses(self, hidden: torch.Tensor, kwargs: dict, targets: Targets) -> torch.Tensor:
+        h = hidden
+        for layer in self.layers[self.first :]:
+            h = _hidden(layer(h, **kwargs))
+        picked = self.norm(h[targets.rows, targets.cols])  # (T, hidden): norm is per token
+        return sample_mean_ce(self.lm_head(picked), targets)
+
+
+def _keep(x):
+    return x
+
+
+def _hidden(out):
+    """Decoder layers return a tensor (transformers 5) or a tuple (older / other models)."""
+    return out[0] if isinstance(out, tuple) else out
+
+
+def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | torch.Tensor | None):
+    """Sum of assistant-token CE / num_items (the global token count), logits at loss positions only.
+
+    Returns (loss, n_tokens). With num_items=None the loss is this batch's token mean.
+    """
+    labels = batch["labels"]
+    keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
+    out = model(input_ids=batch["input_ids"], layout=layout, logits_to_keep=keep, use_cache=False)
+    kept = labels[:, keep]  # (B, P)
+    loss_sum = F.cross_entropy(out.logits.float().flatten(0, 1), kept.flatten(),
+                               ignore_index=-100, reduction="sum")
+    n_tokens = (kept != -100).sum()
+    denom = n_tokens.clamp(min=1) if num_items is None else num_items
+    return loss_sum / denom, n_tokens

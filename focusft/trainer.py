@@ -1,0 +1,158 @@
+"""`FocusTrainer`: transformers' Trainer with the FocuSFT step wired into `compute_loss`.
+
+The engine (Trainer + Accelerate) keeps the loop, the optimizer, the schedule, mixed precision,
+gradient accumulation, distribution, checkpointing and the loggers. This class only:
+
+* builds the attention layout of each batch (GLM turn blocks, or causal);
+* for ``method=focusft``: resets the per-sample fast weights (A_n seeded by the run seed, the
+  epoch and the sample's id, so a sample draws the same memory alone, in a batch, on any rank
+  and after a resume) and arms the inner loop, which runs inside the forward pass;
+* normalises the outer loss by the global count of loss tokens of the optimizer step
+  (``num_items_in_batch``, summed over accumulation steps and ranks): the loss is the token mean
+  over everything that contributes to one update, whatever the split into ranks and micro-batches;
+* logs inner losses per inner step (``inner_loss_1`` is the base model's loss, before any
+  update), inner gradient norms, skipped inner updates and tokens/s, and warns when the outer
+  loss sits far below the base loss (the fast weights leaking the label).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import defaultdict
+
+import torch
+from transformers import Trainer
+
+from . import attention  # noqa: F401  (registers the "focusft" attention implementation)
+from .config import FocusConfig
+from .fast_weights import FastWeights
+from .inner import InnerConfig
+from .masks import AttentionLayout
+from .step import BilevelStep, InnerJob, context_targets, outer_loss, response_targets
+
+logger = logging.getLogger("focusft")
+
+
+def sample_seed(run_seed: int, epoch: int, sample_id: int) -> int:
+    """Seed of one sample's fast-weight draw: independent of batching, rank and resume.
+
+    >>> sample_seed(0, 0, 1) != sample_seed(0, 1, 0)
+    True
+    """
+    return (run_seed * 1_000_003 + epoch) * 2_147_483_647 + sample_id & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def batch_layout(batch: dict, attention: str) -> AttentionLayout:
+    lengths = batch["attention_mask"].sum(1).tolist()
+    if attention == "glm":
+        return AttentionLayout.glm(batch["loss_mask"].cpu(), lengths)
+    return AttentionLayout.causal(lengths, batch["input_ids"].shape[1])
+
+
+def inner_config(cfg: FocusConfig) -> InnerConfig:
+    return InnerConfig(steps=cfg.inner_steps, lr=cfg.inner_lr, clip=cfg.inner_clip,
+                       clip_mode=cfg.inner_clip_mode, objective=cfg.inner_objective)
+
+
+def attach_fast_weights(model, cfg: FocusConfig) -> tuple[FastWeights, BilevelStep]:
+    fast = FastWeights(model, rank=cfg.fast_rank, alpha=cfg.fast_alpha, dropout=cfg.fast_dropout,
+                       layer_fraction=cfg.fast_layer_fraction,
+                       target_modules=tuple(cfg.fast_target_modules))
+    return fast, BilevelStep(model, fast, inner_config(cfg))
+
+
+class StepMeter:
+    """Averages per-step statistics between two log lines (tensors read only at log time)."""
+
+    def __init__(self):
+        self.sums, self.counts = defaultdict(float), defaultdict(int)
+        self.tokens, self.since = 0, time.perf_counter()
+
+    def add(self, name: str, value) -> None:
+        value = value.detach() if torch.is_tensor(value) else value
+        self.sums[name] = self.sums[name] + value
+        self.counts[name] += 1
+
+    def flush(self) -> dict[str, float]:
+        out = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
+        elapsed = time.perf_counter() - self.since
+        if self.tokens and elapsed > 0:
+            out["tokens_per_s"] = self.tokens / elapsed
+        self.__init__()
+        return out
+
+
+class FocusTrainer(Trainer):
+    args: FocusConfig
+
+    def __init__(self, model, args: FocusConfig, **kwargs):
+        attention.use_focusft_attention(model)
+        super().__init__(model=model, args=args, **kwargs)
+        # Our labels are already shifted by the collator and our compute_loss normalises by
+        # the global token count, so count every label and pass the count in.
+        self._loss_shifts_labels = False
+        self.model_accepts_loss_kwargs = True
+        self.fast, self.bilevel = (attach_fast_weights(model, args) if args.bilevel else (None, None))
+        self.meter = StepMeter()
+        self._leak_windows = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        layout = batch_layout(inputs, self.args.attention)
+        if self.bilevel is not None:
+            self._prepare_inner(inputs, model.training)
+        loss, n_tokens = outer_loss(model, inputs, layout, num_items_in_batch)
+        if model.training:
+            self._record(inputs, loss, n_tokens, num_items_in_batch)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages; we want the global sum
+        return (loss, None) if return_outputs else loss
+
+    def _prepare_inner(self, inputs: dict, training: bool) -> None:
+        if not training:  # evaluation measures the model that is saved: no fast weights
+            self.fast.clear()
+            return
+        epoch = int(math.floor(self.state.epoch or 0))
+        seeds = [sample_seed(self.args.seed, epoch, int(s)) for s in inputs["sample_ids"].tolist()]
+        self.fast.reset(seeds, device=inputs["input_ids"].device)
+        if self.args.inner_objective == "response":
+            job = InnerJob(response_targets(inputs["labels"]))
+        else:
+            targets = context_targets(inputs["input_ids"], inputs["loss_mask"], inputs["attention_mask"])
+            lengths = inputs["attention_mask"].sum(1).tolist()
+            causal = AttentionLayout.causal(lengths, inputs["input_ids"].shape[1])
+            job = InnerJob(targets, causal)
+        self.bilevel.arm(job)
+
+    def _record(self, inputs, loss, n_tokens, num_items) -> None:
+        self.meter.tokens += int(inputs["attention_mask"].sum())
+        if num_items is not None:  # this micro-batch's own token mean, for the leak check
+            self.meter.add("outer_loss", loss.detach() * num_items / n_tokens.clamp(min=1))
+        stats = self.bilevel.stats if self.bilevel is not None else None
+        if stats is None:
+            return
+        for k, (inner_loss, norm) in enumerate(zip(stats.losses, stats.grad_norms), start=1):
+            self.meter.add(f"inner_loss_{k}", inner_loss)
+            self.meter.add(f"inner_grad_norm_{k}", norm)
+        self.meter.add("inner_skipped", stats.skipped)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:
+            logs.update(self.meter.flush())
+            self._check_leak(logs)
+        super().log(logs, *args, **kwargs)
+
+    def _check_leak(self, logs: dict) -> None:
+        base, outer = logs.get("inner_loss_1"), logs.get("outer_loss")
+        if base is None or outer is None or self.args.inner_steps == 0:
+            return
+        leaking = outer < self.args.leak_warn_ratio * base
+        self._leak_windows = self._leak_windows + 1 if leaking else 0
+        if self._leak_windows == self.args.leak_warn_patience:
+            logger.warning(
+                "focusft: the outer loss (%.3g) has stayed below %.2g x the base model's own loss "
+                "(inner_loss_1 = %.3g) for %d logging windows: the inner loop is likely writing "
+                "the answer into the fast weights (label leakage), so the base model is not "
+                "learning the task. Consider --inner_objective context, a smaller --inner_lr or "
+                "fewer --inner_steps.", outer, self.args.leak_warn_ratio, base, self._leak_windows)
