@@ -98,6 +98,13 @@ class FocusTrainer(Trainer):
         self.meter = StepMeter()
         self._leak_windows = 0
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            if self.fast is not None:  # outside a step the model is the base model
+                self.fast.clear()
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         layout = batch_layout(inputs, self.args.attention)
         if self.bilevel is not None:
@@ -139,7 +146,7 @@ class FocusTrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
-            logs.update(self.meter.flush())
+            logs.update({k: round(v, 4) for k, v in self.meter.flush().items()})
             self._check_leak(logs)
         super().log(logs, *args, **kwargs)
 

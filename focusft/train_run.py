@@ -1,0 +1,138 @@
+"""A training run, as plain functions: setup (model, tokenizer, data) -> fit -> save -> report.
+
+`train(config)` is what `focusft train` calls. A run directory holds:
+
+    output_dir/
+      final/                  the trained model: a plain Hugging Face causal LM (safetensors),
+                              its tokenizer and focusft.yaml (the resolved configuration)
+      checkpoint-N/           resumable Trainer checkpoints, if --save_strategy asks for them
+      data_report.json        what the data pipeline read, kept, truncated and dropped
+      result.json             summary printed at the end
+
+The final model is written to a temporary directory first and renamed into place, so a
+crash never leaves a half-written `final/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import datasets
+
+from .config import FocusConfig
+from .data import Collator, load_rows, tokenize_rows
+from .errors import UserError
+
+logger = logging.getLogger("focusft")
+
+
+def load_model_and_tokenizer(cfg: FocusConfig):
+    """The model to train: a local directory / hub name, or the embedded default."""
+    if cfg.model is None:
+        from . import default
+
+        tokenizer = default.load_default_tokenizer()
+        return default.build_default_model(tokenizer, seed=cfg.seed), tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            cfg.model, trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+            dtype="bfloat16" if cfg.bf16 else "float32")
+    except (OSError, ValueError) as err:
+        raise UserError(f"--model {cfg.model}: cannot load a causal LM with its tokenizer "
+                        f"(safetensors weights required): {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def default_rows(split: str, cfg: FocusConfig, tokenizer) -> datasets.Dataset:
+    """The embedded default's generated training / held-out rows (see focusft.default)."""
+    from . import default
+
+    recipe = default.DEFAULT_RECIPE
+    if split == "train":
+        rows = default.default_training_rows(recipe["train_samples"], seed=cfg.seed,
+                                             lengths=recipe["train_lengths"], tokenizer=tokenizer)
+    else:
+        rows = default.default_eval_rows(recipe["eval_samples"], seed=cfg.seed,
+                                         lengths=recipe["eval_lengths"], tokenizer=tokenizer)
+    return datasets.Dataset.from_list(rows)
+
+
+def build_dataset(path: str | None, split: str, cfg: FocusConfig, tokenizer):
+    rows = default_rows(split, cfg, tokenizer) if path is None else load_rows(path)
+    source = path or f"embedded default ({split})"
+    dataset, report = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.truncation, source)
+    logger.warning("focusft data %s: %s", source, report.summary())
+    return dataset, report, rows
+
+
+def check_output_dir(cfg: FocusConfig) -> None:
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--output_dir {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not cfg.resume_from_checkpoint:
+        raise UserError(f"--output_dir {out} is not empty; choose a new directory, or resume a "
+                        "run there with --resume_from_checkpoint last")
+
+
+def resume_target(cfg: FocusConfig):
+    value = cfg.resume_from_checkpoint
+    if value in (None, "", "false", "False"):
+        return None
+    return True if value in ("last", "true", "True") else value
+
+
+def save_final(trainer, tokenizer, cfg: FocusConfig) -> Path:
+    """Write the plain HF model + tokenizer + focusft.yaml to output_dir/final, atomically."""
+    final = Path(cfg.output_dir) / "final"
+    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=cfg.output_dir))
+    trainer.save_model(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    (tmp / "focusft.yaml").write_text(cfg.to_yaml())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def train(cfg: FocusConfig) -> dict:
+    """Set up, fit, save, and (for the embedded default) measure held-out accuracy."""
+    from .trainer import FocusTrainer
+
+    check_output_dir(cfg)
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    train_set, report, _ = build_dataset(cfg.data, "train", cfg, tokenizer)
+    eval_set = build_dataset(cfg.eval_data, "eval", cfg, tokenizer)[0] if cfg.eval_data else None
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(vars(report), indent=2))
+    trainer = FocusTrainer(model, cfg, train_dataset=train_set, eval_dataset=eval_set,
+                           data_collator=Collator(pad_id=tokenizer.pad_token_id),
+                           processing_class=tokenizer)
+    output = trainer.train(resume_from_checkpoint=resume_target(cfg))
+    final = save_final(trainer, tokenizer, cfg)
+    result = {"checkpoint": str(final), "method": cfg.method, "attention": cfg.attention,
+              "train_loss": output.training_loss, "steps": output.global_step,
+              "train_seconds": round(output.metrics.get("train_runtime", 0.0), 1)}
+    if cfg.model is None and cfg.data is None:
+        result.update(default_heldout_accuracy(trainer.model, tokenizer, cfg))
+    (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def default_heldout_accuracy(model, tokenizer, cfg: FocusConfig) -> dict:
+    from . import default
+
+    rows = default_rows("eval", cfg, tokenizer)
+    accuracy = default.answer_accuracy(model, tokenizer, rows)
+    return {"heldout_accuracy": round(100 * accuracy, 1),
+            "chance_accuracy": round(100 * default.DEFAULT_RECIPE["chance"], 1),
+            "heldout_samples": len(rows)}
