@@ -55,8 +55,9 @@ def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dro
         q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
         parts = [_block_attention(q, k, v, blk, scale, dropout) for blk in blocks]
         row = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (1, H, L, D)
-        if row.shape[2] < seq:  # right padding: pads attend to nothing
-            row = F.pad(row, (0, 0, 0, seq - row.shape[2]))
+        first, last = (blocks[0].start, blocks[-1].end) if blocks else (0, 0)
+        if first > 0 or last < seq:  # padding (left or right) attends to nothing: zeros
+            row = F.pad(row, (0, 0, first, seq - last)) if blocks else query.new_zeros(query[:1].shape)
         rows.append(row)
     out = rows[0] if batch == 1 else torch.cat(rows, dim=0)
     return out.transpose(1, 2).contiguous()
