@@ -1,0 +1,55 @@
+"""`focusft eval` end to end on a tiny checkpoint: table, JSON and plot, both masks."""
+
+import json
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from chat_fixtures import chatml_tokenizer
+from focusft.cli import main
+
+
+def save_tiny(path):
+    tok = chatml_tokenizer()
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      pad_token_id=tok.pad_token_id)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_eval_babilong_both_masks_writes_reports(tmp_path, capsys):
+    model = save_tiny(tmp_path / "m")
+    out = tmp_path / "res"
+    code = main(["eval", "--model", str(model), "--suite", "babilong", "--tasks", "qa1,qa2",
+                 "--lengths", "0k,1k", "--samples", "2", "--mask", "both", "--out", str(out),
+                 "--no_few_shot"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {f"{model} [causal]", f"{model} [prefix]"}
+    for entry in results["models"].values():
+        assert set(entry["scores"]) == {"qa1", "qa2"}
+        assert all(set(v) == {0, 1024} or set(v) == {"0", "1024"} for v in entry["scores"].values())
+        assert len(entry["samples"]) == 2 * 2 * 2
+    table = (out / "results.md").read_text()
+    assert "| qa1 | 1024 |" in table and "[prefix]" in table
+    assert (out / "accuracy.png").stat().st_size > 1000
+    assert "| qa2 | 0 |" in capsys.readouterr().out
+
+
+def test_eval_ruler_subset(tmp_path):
+    model = save_tiny(tmp_path / "m")
+    out = tmp_path / "res"
+    assert main(["eval", "--model", str(model), "--suite", "ruler", "--tasks", "niah_single_1,cwe",
+                 "--lengths", "1k", "--samples", "1", "--out", str(out)]) == 0
+    scores = json.loads((out / "results.json").read_text())["models"][f"{model} [causal]"]["scores"]
+    assert set(scores) == {"niah_single_1", "cwe"}
+    assert all(0.0 <= v <= 100.0 for per in scores.values() for v in per.values())
+
+
+def test_eval_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert main(["eval", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
