@@ -1,0 +1,137 @@
+"""`focusft data`: write a BABILong or RULER set as chat rows (.parquet or .jsonl).
+
+    focusft data babilong --tasks qa1,qa2 --lengths 0k,1k --samples 100 --split train \\
+        --seed 0 --tokenizer default --haystack DIR --out train.parquet
+
+Rows are those of ``focusft.evaluation.chat.make_chat_rows``; ``--samples`` is per task and
+length. Lengths are counted in ``--tokenizer``: a local tokenizer directory, or ``default`` for
+the project's default model tokenizer (``focusft.default.load_default_tokenizer()``). While
+that module is not available, ``default`` falls back to counting whitespace-separated words,
+so "4k" then means 4096 words (noted on stderr). The file is written atomically: to a temporary
+file in the same directory, then renamed over ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+
+FORMATS = (".parquet", ".jsonl")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("data", help="generate BABILong / RULER chat sets",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("suite", choices=("babilong", "ruler"), help="benchmark family")
+    p.add_argument("--tasks", default=None,
+                   help="comma-separated tasks (default: all of the suite: qa1..qa5 / 13 RULER)")
+    p.add_argument("--lengths", default=None,
+                   help="comma-separated lengths in tokens: 0k,1k,...,128k or plain integers "
+                        "(default: 0k,1k for babilong, 4k for ruler)")
+    p.add_argument("--samples", type=int, default=100, help="rows per task and length (>= 1)")
+    p.add_argument("--split", default="train", choices=("train", "validation", "test"),
+                   help="which disjoint split to draw")
+    p.add_argument("--seed", type=int, default=0, help="base seed (each split derives its own)")
+    p.add_argument("--tokenizer", default="default",
+                   help="local tokenizer directory, or 'default' (see above)")
+    p.add_argument("--haystack", default="procedural",
+                   help="directory of .txt books for noise, or 'procedural' (built-in prose)")
+    p.add_argument("--no-few-shot", action="store_true",
+                   help="BABILong: leave the worked examples out of the prompt")
+    p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
+    p.set_defaults(func=run)
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def load_tokenizer(spec: str):
+    """A tokenizer for length counting; None means whitespace words (see module docstring)."""
+    if spec == "default":
+        try:
+            from focusft.default import load_default_tokenizer  # written by another module owner
+        except ImportError:
+            print("focusft data: focusft.default is not available; counting lengths in "
+                  "whitespace words", file=sys.stderr)
+            return None
+        return load_default_tokenizer()
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(spec, local_files_only=True)
+    except Exception as err:  # any failure here is a bad path or a broken tokenizer folder
+        raise UserError(f"--tokenizer {spec!r}: cannot load a tokenizer from it ({err})") from err
+
+
+def write_rows(rows: list[dict], out: Path) -> None:
+    """Write rows to ``out`` (.parquet or .jsonl) atomically."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        if out.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(rows), tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
+    from ..evaluation.chat import BABILONG_TASKS
+    from ..evaluation.ruler import RULER_TASKS
+    from ..evaluation.tokens import parse_length
+
+    known = BABILONG_TASKS if args.suite == "babilong" else RULER_TASKS
+    tasks = _csv(args.tasks) if args.tasks else list(known)
+    bad = [t for t in tasks if t not in known]
+    if bad or not tasks:
+        raise UserError(f"--tasks: unknown {args.suite} task(s) {', '.join(bad) or '(none)'}; "
+                        f"choose from {', '.join(known)}")
+    default_lengths = "0k,1k" if args.suite == "babilong" else "4k"
+    try:
+        lengths = [parse_length(x) for x in _csv(args.lengths or default_lengths)]
+    except ValueError as err:
+        raise UserError(f"--lengths: {err}") from err
+    if not lengths:
+        raise UserError("--lengths: give at least one length, e.g. 0k,4k")
+    if args.samples < 1:
+        raise UserError(f"--samples must be >= 1, got {args.samples}")
+    out = Path(args.out)
+    if out.suffix not in FORMATS:
+        raise UserError(f"--out {args.out!r}: the file must end in .parquet or .jsonl")
+    return tasks, lengths, out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation.chat import make_chat_rows
+    from ..evaluation.haystack import make_haystack
+
+    tasks, lengths, out = _check(args)
+    try:
+        haystack = make_haystack(args.haystack, args.seed)
+    except UserError as err:
+        raise UserError(f"--haystack: {err}") from err
+    tokenizer = load_tokenizer(args.tokenizer)
+    try:
+        rows = make_chat_rows(args.suite, tasks, lengths, args.samples, args.seed, args.split,
+                              tokenizer, haystack, few_shot=not args.no_few_shot)
+    except ValueError as err:  # e.g. a length too small for a RULER task, or too many samples
+        raise UserError(f"--lengths/--samples: {err}") from err
+    write_rows(rows, out)
+    print(f"wrote {len(rows)} rows to {out}")
+    return 0

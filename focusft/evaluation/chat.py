@@ -1,0 +1,122 @@
+"""Long-context training / evaluation sets as chat rows.
+
+Contract: ``make_chat_rows(suite, tasks, lengths, n, seed, split, tokenizer, haystack)`` returns
+``n`` rows per (task, length), each
+
+  {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+   "suite", "task", "length" (int tokens, 0 = "0k"), "split", "target", "question",
+   "references" (list[str]), "metric" ("babilong" | "all" | "part"),
+   "evidence": [[start, end], ...]}   # character spans in the user content
+
+BABILong: user = the full BABILong prompt, answer = the one-word target (the format the
+post-prompt asks for). The same bAbI samples are used at every length of a task (as upstream
+BABILong does), only the noise differs, so accuracy-vs-length curves compare like with like.
+RULER: user = the template without the answer prefix, answer = the prefix (stripped) followed
+by the references, comma separated; evidence = needles / chain / gold documents.
+
+Splits never share a sample: each split draws from its own seed stream (``split_seed``) and a
+candidate is rejected unless its content key - (task, facts, question) for BABILong, the
+references for RULER - belongs to the split (``splits.split_of``). Duplicates within a split are
+rejected too. Same arguments -> same rows.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable
+
+from .babi import BabiSample, babi_stories
+from .babilong import babilong_sample
+from .haystack import Haystack, make_haystack
+from .ruler import RULER_TASKS, ruler_sample
+from .splits import check_split, in_split, split_seed
+from .tokens import as_counter, parse_length
+
+SUITES = ("babilong", "ruler")
+BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+_ATTEMPTS_PER_ROW = 200  # rejection budget before we call a sample space exhausted
+
+
+def babi_key(sample: BabiSample) -> str:
+    """Content key of a bAbI sample: what two splits must never share."""
+    return "\x1e".join([sample.task, "\x1f".join(sample.facts), sample.question])
+
+
+def _row(suite: str, task: str, length: int, split: str | None, user: str, answer: str,
+         target: str, question: str, references: list[str], metric: str,
+         evidence: Iterable[tuple[int, int]]) -> dict:
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        "suite": suite, "task": task, "length": length, "split": split or "",
+        "target": target, "question": question, "references": list(references),
+        "metric": metric, "evidence": [[int(a), int(b)] for a, b in evidence],
+    }
+
+
+def _distinct_babi(task: str, n: int, seed: int, split: str | None) -> list[BabiSample]:
+    stream = babi_stories(task, random.Random(split_seed(seed, split, "babilong", task)))
+    picked, seen = [], set()
+    for _ in range(_ATTEMPTS_PER_ROW * n + 1000):
+        if len(picked) == n:
+            return picked
+        sample = next(stream)
+        key = babi_key(sample)
+        if key not in seen and in_split(key, split):
+            seen.add(key)
+            picked.append(sample)
+    raise ValueError(f"{task}: could only find {len(picked)} distinct samples for split "
+                     f"{split!r}; ask for fewer")
+
+
+def _babilong_rows(task, lengths, n, seed, split, counter, haystack, few_shot) -> list[dict]:
+    samples = _distinct_babi(task, n, seed, split)
+    rows = []
+    for length in lengths:
+        rng = random.Random(split_seed(seed, split, "babilong-noise", task, length))
+        for sample in samples:
+            s = babilong_sample(sample, length, counter, haystack, rng, few_shot)
+            rows.append(_row("babilong", task, length, split, s.prompt, s.target, s.target,
+                             s.question, [s.target], "babilong", s.evidence_spans))
+    return rows
+
+
+def _ruler_rows(task, length, n, seed, split, counter, haystack) -> list[dict]:
+    rng = random.Random(split_seed(seed, split, "ruler", task, length))
+    rows, seen = [], set()
+    for _ in range(_ATTEMPTS_PER_ROW * n + 100):
+        if len(rows) == n:
+            return rows
+        s = ruler_sample(task, length, counter, rng, haystack, split)
+        key = "\x1e".join([task, *s.references])
+        if key in seen:
+            continue
+        seen.add(key)
+        user = s.prompt[: len(s.prompt) - len(s.answer_prefix)]
+        answer = f"{s.answer_prefix.strip()} {', '.join(s.references)}."
+        rows.append(_row("ruler", task, length, split, user, answer, ", ".join(s.references),
+                         "", s.references, s.metric, s.evidence_spans))
+    raise ValueError(f"{task}: could not find {n} distinct samples")
+
+
+def make_chat_rows(suite: str, tasks: Iterable[str], lengths: Iterable[int | str], n: int,
+                   seed: int, split: str | None = "train", tokenizer: Any = None,
+                   haystack: Haystack | str | None = None, few_shot: bool = True) -> list[dict]:
+    """Rows for every (task, length), ``n`` each, in task-major order (see module docstring)."""
+    check_split(split)
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {', '.join(SUITES)}")
+    known = BABILONG_TASKS if suite == "babilong" else RULER_TASKS
+    tasks, lengths = list(tasks), [parse_length(x) for x in lengths]
+    for task in tasks:
+        if task not in known:
+            raise ValueError(f"unknown {suite} task {task!r}; expected some of {', '.join(known)}")
+    hay = haystack if hasattr(haystack, "sentences") else make_haystack(haystack, seed)
+    counter = as_counter(tokenizer)
+    rows = []
+    for task in tasks:
+        if suite == "babilong":
+            rows += _babilong_rows(task, lengths, n, seed, split, counter, hay, few_shot)
+        else:
+            for length in lengths:
+                rows += _ruler_rows(task, length, n, seed, split, counter, hay)
+    return rows
