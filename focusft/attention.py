@@ -10,7 +10,9 @@ that supports the attention interface (Llama, Qwen2/3, Mistral, Gemma, ...) can 
     padding:                out = 0
 
 A response block whose keys start at its own first query is plain ``is_causal=True`` (the
-fast kernels). The lower-right causal bias materialises at most (e - s) x (e - k0) booleans on
+fast kernels). A layout that carries a FlexAttention ``BlockMask`` (`AttentionLayout.
+with_block_mask`, for CUDA, where FlexAttention compiles to fused kernels and has a backward)
+is computed by one ``flex_attention`` call over the whole batch instead. The lower-right causal bias materialises at most (e - s) x (e - k0) booleans on
 CPU, small for a response block. Without ``layout`` (generation, decoding with a KV cache) the
 call is exactly transformers' own SDPA attention, so a model using "focusft" behaves like
 "sdpa" everywhere else.
@@ -63,6 +65,23 @@ def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dro
     return out.transpose(1, 2).contiguous()
 
 
+_compiled_flex = None
+
+
+def flex_layout_attention(query, key, value, layout: AttentionLayout, scale=None):
+    """FlexAttention over the layout's BlockMask (compiled on CUDA). (B, H, S, D) -> (B, S, H, D)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = flex_attention
+    if query.is_cuda:
+        _compiled_flex = _compiled_flex or torch.compile(flex_attention, dynamic=True)
+        fn = _compiled_flex
+    gqa = query.shape[1] != key.shape[1]
+    out = fn(query, key, value, block_mask=layout.block_mask, scale=scale, enable_gqa=gqa)
+    return out.transpose(1, 2).contiguous()
+
+
 def focusft_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                       layout: AttentionLayout | None = None, **kwargs):
     """transformers attention-interface entry point (see module docstring)."""
@@ -74,6 +93,8 @@ def focusft_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     if query.shape[2] != layout.seq_len or query.shape[0] != len(layout.rows):
         raise ValueError(f"layout is for {len(layout.rows)} x {layout.seq_len} tokens, "
                          f"attention got {query.shape[0]} x {query.shape[2]}")
+    if layout.block_mask is not None:
+        return flex_layout_attention(query, key, value, layout, scaling), None
     return layout_attention(query, key, value, layout, scaling, dropout), None
 
 

@@ -22,6 +22,7 @@ from .errors import UserError
 CHOICES = {
     "method": ("focusft", "sft"),
     "attention": ("glm", "causal"),
+    "attention_kernel": ("sdpa", "flex"),
     "truncation": ("error", "left", "right"),
     "inner_clip_mode": ("tensor", "global"),
     "inner_objective": ("response", "context"),
@@ -51,6 +52,9 @@ class FocusConfig(TrainingArguments):
         "focusft (bilevel: inner fast-weight loop, then the SFT update) | sft (plain SFT)."))
     attention: str = field(default="glm", metadata=_help(
         "glm (context turns bidirectional, responses causal) | causal (plain causal mask)."))
+    attention_kernel: str = field(default="sdpa", metadata=_help(
+        "sdpa (block by block through SDPA; CPU and CUDA) | flex (one FlexAttention BlockMask "
+        "call, compiled; CUDA only: FlexAttention has no CPU backward in torch 2.13)."))
     inner_steps: int = field(default=2, metadata=_help("Inner SGD steps K per micro-batch (0 = SFT)."))
     inner_lr: float = field(default=1.0, metadata=_help("Inner SGD learning rate."))
     inner_clip: float = field(default=1.0, metadata=_help(
@@ -94,6 +98,9 @@ class FocusConfig(TrainingArguments):
         _check_range("fast_rank", self.fast_rank, low=1)
         _check_range("fast_layer_fraction", self.fast_layer_fraction, low=0.0, high=1.0, low_open=True)
         _check_range("fast_dropout", self.fast_dropout, low=0.0, high=1.0)
+        if self.attention_kernel == "flex" and not _cuda_available():
+            raise UserError("--attention_kernel flex needs a CUDA device (FlexAttention has no "
+                            "CPU backward); use --attention_kernel sdpa")
         if not self.fast_target_modules:
             raise UserError("--fast_target_modules must name at least one Linear module")
         super().__post_init__()
@@ -113,6 +120,12 @@ def _check_range(flag, value, low=None, high=None, low_open=False):
     if too_low or (high is not None and value > high):
         bounds = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}]"
         raise UserError(f"--{flag} must be in {bounds}, got {value}")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def field_names() -> set[str]:
@@ -155,5 +168,8 @@ def parse_config(argv: list[str]) -> FocusConfig:
             raise UserError("--config needs a file name")
         flags = yaml_to_flags(flags[i + 1]) + flags[:i] + flags[i + 2 :]
     parser = HfArgumentParser(FocusConfig, prog="focusft train")
-    (config,) = parser.parse_args_into_dataclasses(args=flags)
+    try:
+        (config,) = parser.parse_args_into_dataclasses(args=flags)
+    except ValueError as err:  # TrainingArguments' own checks (e.g. bf16 without support)
+        raise UserError(f"invalid training arguments: {err}") from None
     return config

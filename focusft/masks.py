@@ -29,8 +29,8 @@ The dense boolean mask (`dense_mask`) exists only as the reference the tests com
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import torch
 
@@ -74,6 +74,19 @@ class AttentionLayout:
 
     rows: tuple[tuple[Block, ...], ...]
     seq_len: int
+    block_mask: Any = field(default=None, compare=False)  # FlexAttention BlockMask, if built
+
+    def with_block_mask(self, device) -> "AttentionLayout":
+        """This layout plus a FlexAttention BlockMask of the same key ranges (built once per batch)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        lo, hi = (t.to(device) for t in self.key_ranges())
+
+        def allowed(b, h, q, k):
+            return (k >= lo[b, q]) & (k < hi[b, q])
+
+        mask = create_block_mask(allowed, len(self.rows), None, self.seq_len, self.seq_len, device=device)
+        return replace(self, block_mask=mask)
 
     @classmethod
     def glm(cls, loss_mask: torch.Tensor, lengths: Sequence[int]) -> "AttentionLayout":

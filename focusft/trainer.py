@@ -44,11 +44,13 @@ def sample_seed(run_seed: int, epoch: int, sample_id: int) -> int:
     return (run_seed * 1_000_003 + epoch) * 2_147_483_647 + sample_id & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def batch_layout(batch: dict, attention: str) -> AttentionLayout:
+def batch_layout(batch: dict, attention: str, kernel: str = "sdpa") -> AttentionLayout:
     lengths = batch["attention_mask"].sum(1).tolist()
     if attention == "glm":
-        return AttentionLayout.glm(batch["loss_mask"].cpu(), lengths)
-    return AttentionLayout.causal(lengths, batch["input_ids"].shape[1])
+        layout = AttentionLayout.glm(batch["loss_mask"].cpu(), lengths)
+    else:
+        layout = AttentionLayout.causal(lengths, batch["input_ids"].shape[1])
+    return layout.with_block_mask(batch["input_ids"].device) if kernel == "flex" else layout
 
 
 def inner_config(cfg: FocusConfig) -> InnerConfig:
@@ -106,7 +108,7 @@ class FocusTrainer(Trainer):
                 self.fast.clear()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        layout = batch_layout(inputs, self.args.attention)
+        layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
         if self.bilevel is not None:
             self._prepare_inner(inputs, model.training)
         loss, n_tokens = outer_loss(model, inputs, layout, num_items_in_batch)

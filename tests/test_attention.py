@@ -51,3 +51,17 @@ def test_without_layout_it_is_plain_sdpa():
     want = model(ids).logits
     model.set_attn_implementation("focusft")
     torch.testing.assert_close(model(ids).logits, want)
+
+
+def test_flex_block_mask_path_matches_sdpa_path_forward():
+    # FlexAttention has no CPU backward in torch 2.13: the forward is compared here; training
+    # with --attention_kernel flex is for CUDA.
+    batch = make_batch(LAYOUTS[0])
+    layout = AttentionLayout.glm(batch["loss_mask"], batch["attention_mask"].sum(1).tolist())
+    model = tiny_qwen2().eval()
+    model.set_attn_implementation("focusft")
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        want = model(batch["input_ids"], layout=layout).logits
+        got = model(batch["input_ids"], layout=layout.with_block_mask("cpu")).logits
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
