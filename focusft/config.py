@@ -45,6 +45,9 @@ class FocusConfig(TrainingArguments):
     max_length: int = field(default=4096, metadata=_help("Maximum tokens per sample."))
     truncation: str = field(default="error", metadata=_help(
         "Samples longer than --max_length: error | left (drop the start) | right (drop the end)."))
+    packing: bool = field(default=False, metadata=_help(
+        "Pack the samples of a micro-batch into rows of at most --max_length tokens (no "
+        "attention across samples; each keeps its own fast weights and positions)."))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "Allow model/tokenizer code from the model directory to run. Off unless you ask."))
     # --- the method ----------------------------------------------------------------------

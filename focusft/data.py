@@ -456,6 +456,7 @@ class Collator:
 
     pad_id: int
     pad_to_multiple_of: int | None = None
+    pack_to: int | None = None  # pack samples into rows of at most this many tokens
 
     def __post_init__(self) -> None:
         if not isinstance(self.pad_id, int):
@@ -466,6 +467,8 @@ class Collator:
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         if not features:
             raise ValueError("Collator got an empty batch")
+        if self.pack_to:
+            return self._packed(features)
         width = self._width(max(len(f["input_ids"]) for f in features))
         input_ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
         loss_mask = torch.zeros((len(features), width), dtype=torch.bool)
@@ -482,6 +485,50 @@ class Collator:
             "labels": shifted_labels(input_ids, loss_mask),
             "sample_ids": torch.tensor([int(f["sample_id"]) for f in features], dtype=torch.long),
         }
+
+    def _packed(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        """First-fit packing into rows of <= pack_to tokens (samples keep their order in a row).
+
+        Adds ``sample_index`` (R,S): which sample (0..M-1) owns each token, -1 on pads, and
+        ``position_ids`` restarting at 0 for every sample. Labels never cross samples.
+        """
+        rows: list[list[int]] = []
+        used: list[int] = []
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            slot = next((r for r, u in enumerate(used) if u + n <= self.pack_to), None)
+            if slot is None:
+                rows.append([]), used.append(0)
+                slot = len(rows) - 1
+            rows[slot].append(i)
+            used[slot] += n
+        width = self._width(max(used))
+        shape = (len(rows), width)
+        batch = {"input_ids": torch.full(shape, self.pad_id, dtype=torch.long),
+                 "attention_mask": torch.zeros(shape, dtype=torch.long),
+                 "loss_mask": torch.zeros(shape, dtype=torch.bool),
+                 "labels": torch.full(shape, IGNORE_INDEX, dtype=torch.long),
+                 "sample_index": torch.full(shape, -1, dtype=torch.long),
+                 "position_ids": torch.zeros(shape, dtype=torch.long)}
+        for r, members in enumerate(rows):
+            pos = 0
+            for i in members:
+                self._place(batch, r, pos, i, features[i])
+                pos += len(features[i]["input_ids"])
+        batch["sample_ids"] = torch.tensor([int(f["sample_id"]) for f in features], dtype=torch.long)
+        return batch
+
+    @staticmethod
+    def _place(batch: dict, r: int, start: int, i: int, feature: dict) -> None:
+        ids = torch.as_tensor(feature["input_ids"], dtype=torch.long)
+        mask = torch.as_tensor(feature["loss_mask"]).bool()
+        end = start + len(ids)
+        batch["input_ids"][r, start:end] = ids
+        batch["loss_mask"][r, start:end] = mask
+        batch["attention_mask"][r, start:end] = 1
+        batch["labels"][r, start:end] = shifted_labels(ids[None], mask[None])[0]
+        batch["sample_index"][r, start:end] = i
+        batch["position_ids"][r, start:end] = torch.arange(len(ids))
 
     def _width(self, longest: int) -> int:
         multiple = self.pad_to_multiple_of

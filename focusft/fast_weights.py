@@ -14,6 +14,9 @@ alone, inside a batch, or on another rank. They live outside the module tree (at
 forward hook on the Linear), hence are never in the outer optimizer, never in a state dict and
 never in a checkpoint; the model keeps its exact structure and parameter names.
 
+Packed rows (several samples in one row) keep one factor pair per *sample*: each sample's
+span of the row is multiplied by its own factors, so packing changes nothing per sample.
+
 Lifecycle (`FastWeights`):
     inject(model, ...)   hooks on the target Linears of the top layers
     reset(seeds)         per micro-batch: A_n ~ Kaiming-uniform(a=sqrt(5)) from sample n's own
@@ -85,6 +88,8 @@ class FastWeights:
         self.rank, self.scale = rank, alpha / rank
         self.dropout = nn.Dropout(dropout)
         self.enabled = True
+        # Packed rows: per row, the (start, end, sample) spans; None when one sample per row.
+        self.segments: list[list[tuple[int, int, int]]] | None = None
         self.slots: list[FastLinear] = []
         self._hooks = []
         for idx in self.layer_indices:
@@ -101,15 +106,22 @@ class FastWeights:
         def add_fast(module, inputs, output):
             if not self.enabled or slot.a is None:
                 return output
-            x = inputs[0]  # (N, S, in)
-            if x.shape[0] != slot.a.shape[0]:
-                raise RuntimeError(f"fast weights hold {slot.a.shape[0]} samples, batch has {x.shape[0]}")
-            down = torch.bmm(self.dropout(x), slot.a.transpose(1, 2).to(x.dtype))  # (N, S, r)
-            return output + self.scale * torch.bmm(down, slot.b.transpose(1, 2).to(x.dtype))
+            x = self.dropout(inputs[0])  # (N, S, in)
+            a, b = slot.a.to(x.dtype), slot.b.to(x.dtype)
+            if self.segments is not None:
+                return output + self.scale * _packed_delta(x, a, b, self.segments)
+            if x.shape[0] != a.shape[0]:
+                raise RuntimeError(f"fast weights hold {a.shape[0]} samples, batch has {x.shape[0]}")
+            down = torch.bmm(x, a.transpose(1, 2))  # (N, S, r)
+            return output + self.scale * torch.bmm(down, b.transpose(1, 2))
         return add_fast
 
-    def reset(self, seeds: list[int], device=None) -> None:
-        """Fresh factors for a batch: A_n drawn from generator seeded with seeds[n], B_n = 0."""
+    def reset(self, seeds: list[int], device=None, segments=None) -> None:
+        """Fresh factors for a batch: A_n drawn from generator seeded with seeds[n], B_n = 0.
+
+        `segments` (packed rows): per row, the (start, end, sample n) spans of its samples.
+        """
+        self.segments = segments
         device = device or self.slots[0].module.weight.device
         gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         for slot in self.slots:
@@ -132,6 +144,7 @@ class FastWeights:
 
     def clear(self) -> None:
         """Drop the factors (the model is the base model until the next reset)."""
+        self.segments = None
         for slot in self.slots:
             slot.a = slot.b = None
 
@@ -150,3 +163,19 @@ class FastWeights:
             handle.remove()
         self._hooks.clear()
         self.clear()
+
+
+def _packed_delta(x, a, b, segments) -> torch.Tensor:
+    """B_n A_n x for packed rows: each span of a row uses its own sample's factors; pads get 0."""
+    rows = []
+    for n, spans in enumerate(segments):
+        parts, pos = [], 0
+        for start, end, sample in spans:
+            if start > pos:
+                parts.append(x.new_zeros(start - pos, b.shape[1]))
+            parts.append((x[n, start:end] @ a[sample].T) @ b[sample].T)  # (len, out)
+            pos = end
+        if pos < x.shape[1]:
+            parts.append(x.new_zeros(x.shape[1] - pos, b.shape[1]))
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)

@@ -24,6 +24,10 @@ Worked example (one row, length 8, then one pad)::
 
 The plain causal layout of the same row is one response block R[0,8): hi(q) = q + 1.
 
+Packed rows (several samples in one row, `sample_index` says which token belongs to which)
+get the same blocks per sample, with lo(q) = the first position of q's sample, so no token
+ever sees another sample.
+
 The dense boolean mask (`dense_mask`) exists only as the reference the tests compare with.
 """
 
@@ -68,6 +72,21 @@ def causal_blocks(length: int, key_start: int = 0) -> list[Block]:
     return [Block(key_start, length, key_start, causal=True)] if length > key_start else []
 
 
+def row_segments(sample_index: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(start, end, sample) of each packed sample in a row; -1 marks padding.
+
+    >>> row_segments([0, 0, 0, 1, 1, 2, -1, -1])
+    [(0, 3, 0), (3, 5, 1), (5, 6, 2)]
+    """
+    spans, start = [], 0
+    for pos in range(1, len(sample_index) + 1):
+        if pos == len(sample_index) or sample_index[pos] != sample_index[start]:
+            if sample_index[start] >= 0:
+                spans.append((start, pos, int(sample_index[start])))
+            start = pos
+    return spans
+
+
 @dataclass(frozen=True)
 class AttentionLayout:
     """The blocks of every row of a batch, plus the padded sequence length."""
@@ -89,16 +108,28 @@ class AttentionLayout:
         return replace(self, block_mask=mask)
 
     @classmethod
-    def glm(cls, loss_mask: torch.Tensor, lengths: Sequence[int]) -> "AttentionLayout":
-        """GLM turn-block layout from a (B, S) token-level loss mask and the real lengths."""
+    def glm(cls, loss_mask: torch.Tensor, lengths: Sequence[int],
+            sample_index: torch.Tensor | None = None) -> "AttentionLayout":
+        """GLM turn-block layout from a (B, S) token-level loss mask and the real lengths.
+
+        With ``sample_index`` (packed rows) every sample's blocks see keys of that sample only.
+        """
         masks = loss_mask.tolist()
-        rows = tuple(tuple(turn_blocks(m, int(n))) for m, n in zip(masks, lengths))
-        return cls(rows, loss_mask.shape[1])
+        rows = []
+        for b, (mask, n) in enumerate(zip(masks, lengths)):
+            spans = row_segments(sample_index[b].tolist()) if sample_index is not None else [(0, int(n), 0)]
+            rows.append(tuple(blk for s, e, _ in spans for blk in turn_blocks(mask[:e], e, key_start=s)))
+        return cls(tuple(rows), loss_mask.shape[1])
 
     @classmethod
-    def causal(cls, lengths: Sequence[int], seq_len: int) -> "AttentionLayout":
+    def causal(cls, lengths: Sequence[int], seq_len: int,
+               sample_index: torch.Tensor | None = None) -> "AttentionLayout":
         """Plain causal layout; positions at or past a row's length are padding."""
-        return cls(tuple(tuple(causal_blocks(int(n))) for n in lengths), seq_len)
+        if sample_index is None:
+            return cls(tuple(tuple(causal_blocks(int(n))) for n in lengths), seq_len)
+        rows = (tuple(blk for s, e, _ in row_segments(ix) for blk in causal_blocks(e, key_start=s))
+                for ix in sample_index.tolist())
+        return cls(tuple(rows), seq_len)
 
     def key_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(lo, hi), each (B, S) long: query q of row b sees keys lo <= k < hi. Pads: lo = hi = 0."""

@@ -26,39 +26,48 @@ import torch.nn.functional as F
 
 from .fast_weights import FastWeights, decoder_layers
 from .inner import InnerConfig, InnerStats, inner_loop
-from .masks import AttentionLayout
+from .masks import AttentionLayout, row_segments
 
 
 @dataclass
 class Targets:
-    """Flat target positions of a batch: row, position, token; plus the batch size."""
+    """Flat target positions of a batch: row, position, token, owning sample; number of samples."""
 
     rows: torch.Tensor  # (T,)
     cols: torch.Tensor  # (T,)
     tokens: torch.Tensor  # (T,)
-    batch_size: int
+    samples: torch.Tensor  # (T,) sample of each target (= row unless rows are packed)
+    n_samples: int
 
 
-def response_targets(labels: torch.Tensor) -> Targets:
+def _make_targets(mask: torch.Tensor, tokens_at, sample_index: torch.Tensor | None) -> Targets:
+    rows, cols = mask.nonzero(as_tuple=True)
+    samples = rows if sample_index is None else sample_index[rows, cols]
+    n = mask.shape[0] if sample_index is None else int(sample_index.max()) + 1
+    return Targets(rows, cols, tokens_at(rows, cols), samples, n)
+
+
+def response_targets(labels: torch.Tensor, sample_index: torch.Tensor | None = None) -> Targets:
     """Positions whose next token is an assistant token (the SFT objective)."""
-    rows, cols = (labels != -100).nonzero(as_tuple=True)
-    return Targets(rows, cols, labels[rows, cols], labels.shape[0])
+    return _make_targets(labels != -100, lambda r, c: labels[r, c], sample_index)
 
 
-def context_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor,
-                    attention_mask: torch.Tensor) -> Targets:
-    """Positions whose next token is a real context (non-assistant) token."""
-    nxt_is_context = (~loss_mask.bool()[:, 1:]) & attention_mask.bool()[:, 1:]
-    rows, cols = nxt_is_context.nonzero(as_tuple=True)
-    return Targets(rows, cols, input_ids[rows, cols + 1], input_ids.shape[0])
+def context_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor, attention_mask: torch.Tensor,
+                    sample_index: torch.Tensor | None = None) -> Targets:
+    """Positions whose next token is a real context (non-assistant) token of the same sample."""
+    nxt = (~loss_mask.bool()[:, 1:]) & attention_mask.bool()[:, 1:]
+    if sample_index is not None:
+        nxt &= sample_index[:, 1:] == sample_index[:, :-1]
+    mask = torch.cat([nxt, torch.zeros_like(nxt[:, :1])], dim=1)
+    return _make_targets(mask, lambda r, c: input_ids[r, c + 1], sample_index)
 
 
 def sample_mean_ce(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
     """(N,) mean cross-entropy of each sample's targets (0 for a sample without targets)."""
     ce = F.cross_entropy(logits.float(), targets.tokens, reduction="none")
-    n = targets.batch_size
-    sums = torch.zeros(n, device=ce.device).index_add(0, targets.rows, ce)
-    counts = torch.bincount(targets.rows, minlength=n).clamp(min=1)
+    n = targets.n_samples
+    sums = torch.zeros(n, device=ce.device).index_add(0, targets.samples, ce)
+    counts = torch.bincount(targets.samples, minlength=n).clamp(min=1)
     return sums / counts
 
 
@@ -147,10 +156,36 @@ def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | tor
     """
     labels = batch["labels"]
     keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
-    out = model(input_ids=batch["input_ids"], layout=layout, logits_to_keep=keep, use_cache=False)
+    out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,
+                logits_to_keep=keep, use_cache=False)
     kept = labels[:, keep]  # (B, P)
     loss_sum = F.cross_entropy(out.logits.float().flatten(0, 1), kept.flatten(),
                                ignore_index=-100, reduction="sum")
     n_tokens = (kept != -100).sum()
     denom = n_tokens.clamp(min=1) if num_items is None else num_items
     return loss_sum / denom, n_tokens
+
+
+def batch_layout(batch: dict, attention: str, kernel: str = "sdpa") -> AttentionLayout:
+    """The attention layout of a collated batch (GLM or causal; packed rows respected)."""
+    lengths = batch["attention_mask"].sum(1).tolist()
+    packed = batch["sample_index"].cpu() if "sample_index" in batch else None
+    if attention == "glm":
+        layout = AttentionLayout.glm(batch["loss_mask"].cpu(), lengths, packed)
+    else:
+        layout = AttentionLayout.causal(lengths, batch["input_ids"].shape[1], packed)
+    return layout.with_block_mask(batch["input_ids"].device) if kernel == "flex" else layout
+
+
+def arm_inner(fast: FastWeights, bilevel: BilevelStep, batch: dict, seeds: list[int],
+              objective: str = "response", kernel: str = "sdpa") -> None:
+    """Reset the per-sample fast weights of `batch` and arm the inner loop for its forward."""
+    packed = batch.get("sample_index")
+    segments = [row_segments(r) for r in packed.tolist()] if packed is not None else None
+    fast.reset(seeds, device=batch["input_ids"].device, segments=segments)
+    if objective == "response":
+        job = InnerJob(response_targets(batch["labels"], packed))
+    else:
+        targets = context_targets(batch["input_ids"], batch["loss_mask"], batch["attention_mask"], packed)
+        job = InnerJob(targets, batch_layout(batch, "causal", kernel))
+    bilevel.arm(job)

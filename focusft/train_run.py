@@ -115,7 +115,8 @@ def train(cfg: FocusConfig) -> dict:
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(vars(report), indent=2))
     trainer = FocusTrainer(model, cfg, train_dataset=train_set, eval_dataset=eval_set,
-                           data_collator=Collator(pad_id=tokenizer.pad_token_id),
+                           data_collator=Collator(pad_id=tokenizer.pad_token_id,
+                                                 pack_to=cfg.max_length if cfg.packing else None),
                            processing_class=tokenizer)
     output = trainer.train(resume_from_checkpoint=resume_target(cfg))
     final = save_final(trainer, tokenizer, cfg)

@@ -29,8 +29,7 @@ from . import attention  # noqa: F401  (registers the "focusft" attention implem
 from .config import FocusConfig
 from .fast_weights import FastWeights
 from .inner import InnerConfig
-from .masks import AttentionLayout
-from .step import BilevelStep, InnerJob, context_targets, outer_loss, response_targets
+from .step import BilevelStep, arm_inner, batch_layout, outer_loss
 
 logger = logging.getLogger("focusft")
 
@@ -42,15 +41,6 @@ def sample_seed(run_seed: int, epoch: int, sample_id: int) -> int:
     True
     """
     return (run_seed * 1_000_003 + epoch) * 2_147_483_647 + sample_id & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def batch_layout(batch: dict, attention: str, kernel: str = "sdpa") -> AttentionLayout:
-    lengths = batch["attention_mask"].sum(1).tolist()
-    if attention == "glm":
-        layout = AttentionLayout.glm(batch["loss_mask"].cpu(), lengths)
-    else:
-        layout = AttentionLayout.causal(lengths, batch["input_ids"].shape[1])
-    return layout.with_block_mask(batch["input_ids"].device) if kernel == "flex" else layout
 
 
 def inner_config(cfg: FocusConfig) -> InnerConfig:
@@ -124,15 +114,8 @@ class FocusTrainer(Trainer):
             return
         epoch = int(math.floor(self.state.epoch or 0))
         seeds = [sample_seed(self.args.seed, epoch, int(s)) for s in inputs["sample_ids"].tolist()]
-        self.fast.reset(seeds, device=inputs["input_ids"].device)
-        if self.args.inner_objective == "response":
-            job = InnerJob(response_targets(inputs["labels"]))
-        else:
-            targets = context_targets(inputs["input_ids"], inputs["loss_mask"], inputs["attention_mask"])
-            lengths = inputs["attention_mask"].sum(1).tolist()
-            causal = AttentionLayout.causal(lengths, inputs["input_ids"].shape[1])
-            job = InnerJob(targets, causal)
-        self.bilevel.arm(job)
+        arm_inner(self.fast, self.bilevel, inputs, seeds, self.args.inner_objective,
+                  self.args.attention_kernel)
 
     def _record(self, inputs, loss, n_tokens, num_items) -> None:
         self.meter.tokens += int(inputs["attention_mask"].sum())

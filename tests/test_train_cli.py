@@ -78,9 +78,12 @@ def test_focusft_run_saves_plain_hf_checkpoint_that_reproduces_logits(tiny_dir):
     assert base.logits[0, -1, :8].tolist() != pytest.approx(got, abs=1e-4)  # training moved it
 
 
-@pytest.mark.parametrize("method,attention", [("sft", "causal"), ("sft", "glm")])
-def test_sft_baselines_run_through_the_same_pipeline(tiny_dir, method, attention):
-    out = train(tiny_dir, "--method", method, "--attention", attention)
+@pytest.mark.parametrize("method,attention,extra", [
+    ("sft", "causal", []), ("sft", "glm", []), ("focusft", "glm", ["--packing", "true"]),
+    ("focusft", "glm", ["--inner_objective", "context", "--train_sampling_strategy", "group_by_length"]),
+])
+def test_methods_and_options_run_through_the_same_pipeline(tiny_dir, method, attention, extra):
+    out = train(tiny_dir, "--method", method, "--attention", attention, *extra)
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == method and result["steps"] == 4
 
