@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"focusft {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # faults.TrainingFault: interrupted / non-finite loss (exit 130, 143, 3)
+        faults = sys.modules.get("focusft.faults")  # loaded by any run that can raise one
+        if faults is None or not isinstance(err, faults.TrainingFault):
+            raise
+        print(f"focusft {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"focusft {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -171,8 +171,13 @@ def parse_config(argv: list[str]) -> FocusConfig:
             raise UserError("--config needs a file name")
         flags = yaml_to_flags(flags[i + 1]) + flags[:i] + flags[i + 2 :]
     parser = HfArgumentParser(FocusConfig, prog="focusft train")
+    parser.error = _flag_error  # a bad flag value: one-paragraph UserError, not usage + exit
     try:
         (config,) = parser.parse_args_into_dataclasses(args=flags)
     except ValueError as err:  # TrainingArguments' own checks (e.g. bf16 without support)
         raise UserError(f"invalid training arguments: {err}") from None
     return config
+
+
+def _flag_error(message: str):
+    raise UserError(f"{message} (flags and --config keys share these names; see `focusft train --help`)")

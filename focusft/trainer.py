@@ -17,6 +17,7 @@ gradient accumulation, distribution, checkpointing and the loggers. This class o
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from transformers import Trainer
 
 from . import attention  # noqa: F401  (registers the "focusft" attention implementation)
 from .config import FocusConfig
+from .faults import NonFiniteLossGuard, atomic_checkpoint
 from .fast_weights import FastWeights
 from .inner import InnerConfig
 from .step import BilevelStep, arm_inner, batch_layout, outer_loss
@@ -81,21 +83,29 @@ class FocusTrainer(Trainer):
 
     def __init__(self, model, args: FocusConfig, **kwargs):
         attention.use_focusft_attention(model)
+        # Fast weights first: a model that cannot host them fails before Trainer makes output_dir.
+        self.fast, self.bilevel = (attach_fast_weights(model, args) if args.bilevel else (None, None))
         super().__init__(model=model, args=args, **kwargs)
+        self.loss_guard = NonFiniteLossGuard()
+        self.add_callback(self.loss_guard)
         # Our labels are already shifted by the collator and our compute_loss normalises by
         # the global token count, so count every label and pass the count in.
         self._loss_shifts_labels = False
         self.model_accepts_loss_kwargs = True
-        self.fast, self.bilevel = (attach_fast_weights(model, args) if args.bilevel else (None, None))
         self.meter = StepMeter()
         self._leak_windows = 0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
         finally:
             if self.fast is not None:  # outside a step the model is the base model
                 self.fast.clear()
+        self.loss_guard.observe(loss)
+        return loss
+
+    def _save_checkpoint(self, model, trial):
+        atomic_checkpoint(self, functools.partial(super()._save_checkpoint, model, trial), trial)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
