@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .distributed import nested_fsdp_call
 from .fast_weights import FastWeights, decoder_layers
 from .inner import InnerConfig, InnerStats, inner_loop
 from .masks import AttentionLayout, row_segments
@@ -116,7 +117,8 @@ class BilevelStep:
         kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
         # The outer forward may run under activation checkpointing (no-grad or saved-tensor
         # hooks); the inner loop builds and consumes its own ordinary graph.
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
+                nested_fsdp_call(module):  # FSDP2: the top layers are called again (re-entry)
             if job.layout is not None:
                 kwargs["layout"] = job.layout
                 hidden = self._bottom(self._embeds, kwargs)

@@ -27,6 +27,8 @@ import datasets
 from .config import FocusConfig
 from .data import Collator, load_rows, tokenize_rows
 from .errors import UserError
+from .distributed import launch_problem
+from .faults import GracefulStop, TrainingInterrupted, checkpoint_of
 
 logger = logging.getLogger("focusft")
 
@@ -46,8 +48,9 @@ def load_model_and_tokenizer(cfg: FocusConfig):
             cfg.model, trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
             dtype="bfloat16" if cfg.bf16 else "float32")
     except (OSError, ValueError) as err:
+        local = "" if Path(cfg.model).expanduser().exists() else "no such local directory, and "
         raise UserError(f"--model {cfg.model}: cannot load a causal LM with its tokenizer "
-                        f"(safetensors weights required): {str(err).splitlines()[0]}") from None
+                        f"(safetensors weights required): {local}{str(err).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -60,10 +63,12 @@ def default_rows(split: str, cfg: FocusConfig, tokenizer) -> datasets.Dataset:
     recipe = default.DEFAULT_RECIPE
     if split == "train":
         rows = default.default_training_rows(recipe["train_samples"], seed=cfg.seed,
-                                             lengths=recipe["train_lengths"], tokenizer=tokenizer)
+                                             lengths=recipe["train_lengths"],
+                                             n_people=recipe["n_people"], tokenizer=tokenizer)
     else:
         rows = default.default_eval_rows(recipe["eval_samples"], seed=cfg.seed,
-                                         lengths=recipe["eval_lengths"], tokenizer=tokenizer)
+                                         lengths=recipe["eval_lengths"],
+                                         n_people=recipe["n_people"], tokenizer=tokenizer)
     return datasets.Dataset.from_list(rows)
 
 
@@ -88,7 +93,20 @@ def resume_target(cfg: FocusConfig):
     value = cfg.resume_from_checkpoint
     if value in (None, "", "false", "False"):
         return None
-    return True if value in ("last", "true", "True") else value
+    if value in ("last", "true", "True"):
+        if not has_checkpoint(cfg.output_dir):
+            raise UserError(f"--resume_from_checkpoint {value}: no checkpoint-N folder in "
+                            f"--output_dir {cfg.output_dir} to resume from")
+        return True
+    if not Path(value).is_dir():
+        raise UserError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+    return value
+
+
+def has_checkpoint(output_dir: str) -> bool:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return Path(output_dir).is_dir() and get_last_checkpoint(output_dir) is not None
 
 
 def save_final(trainer, tokenizer, cfg: FocusConfig) -> Path:
@@ -109,16 +127,24 @@ def train(cfg: FocusConfig) -> dict:
     from .trainer import FocusTrainer
 
     check_output_dir(cfg)
+    if (problem := launch_problem(cfg.world_size, cfg.use_cpu)):  # N processes, N lone copies
+        raise UserError(problem)
+    resume_target(cfg)  # a bad --resume_from_checkpoint fails before any work
     model, tokenizer = load_model_and_tokenizer(cfg)
     train_set, report, _ = build_dataset(cfg.data, "train", cfg, tokenizer)
     eval_set = build_dataset(cfg.eval_data, "eval", cfg, tokenizer)[0] if cfg.eval_data else None
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(vars(report), indent=2))
     trainer = FocusTrainer(model, cfg, train_dataset=train_set, eval_dataset=eval_set,
                            data_collator=Collator(pad_id=tokenizer.pad_token_id,
                                                  pack_to=cfg.max_length if cfg.packing else None),
                            processing_class=tokenizer)
-    output = trainer.train(resume_from_checkpoint=resume_target(cfg))
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(vars(report), indent=2))
+    with GracefulStop() as stop:  # SIGINT/SIGTERM: finish the step, save a checkpoint, stop
+        trainer.add_callback(stop)
+        output = trainer.train(resume_from_checkpoint=resume_target(cfg))
+    if stop.signum is not None:
+        step = trainer.state.global_step
+        raise TrainingInterrupted(stop.signum, checkpoint_of(cfg.output_dir, step), cfg.output_dir)
     final = save_final(trainer, tokenizer, cfg)
     result = {"checkpoint": str(final), "method": cfg.method, "attention": cfg.attention,
               "train_loss": output.training_loss, "steps": output.global_step,

@@ -1,0 +1,119 @@
+"""FocuSFT's step with FSDP-sharded base weights, on CPU (gloo), compared with the unsharded step.
+
+Accelerate does not turn FSDP on for CPU processes (its FSDP path needs an accelerator), so
+this script applies torch's FSDP directly, exactly the wrapping accelerate performs on GPUs
+(one unit per decoder layer + the root, optional activation checkpointing), and runs the step
+the way `FocusTrainer.compute_loss` does: reset the per-sample fast weights, arm the inner loop,
+outer forward + backward. The inner loop calls the sharded top layers again inside the forward.
+
+Usage: torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT {fsdp2|fsdp1} [--ckpt]
+Writes OUT/rank{R}.pt: the full gradients of the step (and the same computed without FSDP).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from tiny import make_batch, tiny_qwen2  # noqa: E402
+
+from focusft.fast_weights import decoder_layers  # noqa: E402
+from focusft.masks import AttentionLayout  # noqa: E402
+from focusft.step import InnerJob, outer_loss, response_targets  # noqa: E402
+from focusft.trainer import attach_fast_weights, sample_seed  # noqa: E402
+from focusft.config import FocusConfig  # noqa: E402
+from focusft import attention  # noqa: E402
+
+ROWS = [[(5, 0), (3, 1), (4, 0), (2, 1)], [(9, 0), (6, 1)], [(3, 0), (2, 1), (2, 0), (7, 1)],
+        [(6, 0), (4, 1)]]
+
+
+def step(model, batch, cfg, ids):
+    """One FocuSFT micro-step as FocusTrainer does it; returns the (global-sum) loss."""
+    fast, bilevel = attach_fast_weights(model, cfg)
+    fast.reset([sample_seed(0, 0, int(i)) for i in ids])
+    bilevel.arm(InnerJob(response_targets(batch["labels"])))
+    layout = AttentionLayout.glm(batch["loss_mask"], batch["attention_mask"].sum(1).tolist())
+    n_global = int((make_batch(ROWS)["labels"] != -100).sum())
+    loss, _ = outer_loss(model, batch, layout, n_global)
+    return loss, fast, bilevel
+
+
+def full_grads(model) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in model.named_parameters():
+        g = p.grad
+        if g is None:
+            continue
+        g = g.full_tensor() if hasattr(g, "full_tensor") else g
+        clean = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+        out[clean] = g.detach().clone()
+    return out
+
+
+def main() -> int:
+
+    out, mode = sys.argv[1], sys.argv[2]
+    ckpt = "--ckpt" in sys.argv
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    cfg = FocusConfig(output_dir=os.path.join(out, "unused"), fast_rank=4, fast_layer_fraction=0.5,
+                      use_cpu=True, report_to="none")
+    full = make_batch(ROWS)
+    per = len(ROWS) // world
+    mine = {k: v[rank * per:(rank + 1) * per] for k, v in full.items()}
+
+    # Reference: the whole batch, one process, no FSDP.
+    ref = tiny_qwen2(seed=0)
+    attention.use_focusft_attention(ref)
+    loss, fast, bilevel = step(ref, full, cfg, full["sample_ids"])
+    loss.backward()
+    want = full_grads(ref)
+
+    model = tiny_qwen2(seed=0)
+    attention.use_focusft_attention(model)
+    layer_cls = type(decoder_layers(model)[0])
+    if ckpt:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+            apply_activation_checkpointing, checkpoint_wrapper)
+        apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                       check_fn=lambda m: isinstance(m, layer_cls))
+    if mode == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in decoder_layers(model):
+            fully_shard(layer)
+        fully_shard(model)
+        wrapped = model
+    else:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+
+        policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={layer_cls})
+        wrapped = FSDP(model, auto_wrap_policy=policy, device_id=torch.device("cpu"),
+                       use_orig_params=True)
+    # FocusTrainer attaches before accelerate wraps; under FSDP2 the layer objects stay the same
+    # (fully_shard only swaps their class), so attaching here puts the hooks in the same places.
+    status, err = "ok", ""
+    try:
+        loss, fast, bilevel = step(wrapped, mine, cfg, mine["sample_ids"])
+        (loss * world).backward()  # FSDP averages gradients over ranks; the loss is a global sum
+        got = full_grads(wrapped)
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        import traceback
+        status, err, got = "error", traceback.format_exc()[-3000:], {}
+    torch.save({"status": status, "error": err, "got": got, "want": want,
+                "inner_losses": [float(x) for x in (bilevel.stats.losses if bilevel.stats else [])]},
+               os.path.join(out, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
