@@ -26,6 +26,7 @@ CHOICES = {
     "truncation": ("error", "left", "right"),
     "inner_clip_mode": ("tensor", "global"),
     "inner_objective": ("response", "context"),
+    "diagnostics_mask": ("causal", "glm"),
 }
 
 
@@ -79,6 +80,16 @@ class FocusConfig(TrainingArguments):
         "Warn when the outer loss stays below this fraction of the base (pre-adaptation) loss."))
     leak_warn_patience: int = field(default=5, metadata=_help(
         "... for this many consecutive logging windows (leakage of the label into fast weights)."))
+    # --- attention diagnostics during training (focusft.diagnostics) -----------------------
+    diagnostics_steps: int = field(default=0, metadata=_help(
+        "Every N optimizer steps (and before the first), measure sink mass and context "
+        "engagement on a fixed probe batch; log them as diag/* and append to "
+        "output_dir/diagnostics.jsonl. 0 = off."))
+    diagnostics_samples: int = field(default=8, metadata=_help(
+        "Probe batch size: the first N rows of --eval_data (else of the training rows)."))
+    diagnostics_mask: str = field(default="causal", metadata=_help(
+        "Mask the probe is measured under: causal (as the model is used at inference, the "
+        "same for every method) | glm (as FocuSFT trains)."))
     # --- changed defaults of TrainingArguments ---------------------------------------------
     output_dir: str | None = field(default="runs/focusft", metadata=_help("Where checkpoints go."))
     learning_rate: float = field(default=1e-5, metadata=_help("Outer AdamW learning rate."))
@@ -101,6 +112,8 @@ class FocusConfig(TrainingArguments):
         _check_range("fast_rank", self.fast_rank, low=1)
         _check_range("fast_layer_fraction", self.fast_layer_fraction, low=0.0, high=1.0, low_open=True)
         _check_range("fast_dropout", self.fast_dropout, low=0.0, high=1.0)
+        _check_range("diagnostics_steps", self.diagnostics_steps, low=0)
+        _check_range("diagnostics_samples", self.diagnostics_samples, low=1)
         if self.attention_kernel == "flex" and not _cuda_available():
             raise UserError("--attention_kernel flex needs a CUDA device (FlexAttention has no "
                             "CPU backward); use --attention_kernel sdpa")

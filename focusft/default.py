@@ -267,6 +267,11 @@ def _locate_row(rng: random.Random, prose: ProseGenerator, tokenizer, length: in
         sentences.insert(slot + offset, facts[i])
     q = rng.randrange(n_people)
     content = " ".join(sentences) + f"\n\nQuestion: Where is {people[q]}?"
+    evidence, start = [], 0
+    for sentence in sentences:  # character span of the asked person's fact
+        if sentence == facts[q]:
+            evidence.append([start, start + len(sentence)])
+        start += len(sentence) + 1
     return {
         "messages": [
             {"role": "user", "content": content},
@@ -274,25 +279,29 @@ def _locate_row(rng: random.Random, prose: ProseGenerator, tokenizer, length: in
         ],
         "target": places[q],
         "task": "locate",
+        "evidence": evidence,
     }
 
 
-def _rows(n: int, seed: int, split: str, lengths, n_people, tokenizer) -> list[dict]:
+def _rows(n: int, seed: int, split: str, lengths, n_people, tokenizer,
+          curriculum: bool = False) -> list[dict]:
     tokenizer = tokenizer or load_default_tokenizer()
     lengths = [lengths] if isinstance(lengths, int) else list(lengths)
     n_people = [n_people] if isinstance(n_people, int) else list(n_people)
     rng = random.Random(_split_seed(seed, split))
     prose = ProseGenerator(rng.getrandbits(64))
-    return [
-        _locate_row(rng, prose, tokenizer, rng.choice(lengths), rng.choice(n_people))
-        for _ in range(n)
-    ]
+    drawn = [rng.choice(lengths) for _ in range(n)]
+    if curriculum:
+        drawn.sort()
+    return [_locate_row(rng, prose, tokenizer, length, rng.choice(n_people)) for length in drawn]
 
 
 def default_training_rows(n: int, seed: int = 0, split: str = "train",
                           lengths: int | Sequence[int] = 128, n_people=(1, 2, 3, 4),
-                          tokenizer=None) -> list[dict]:
-    return _rows(n, seed, split, lengths, n_people, tokenizer)
+                          tokenizer=None, curriculum: bool = False) -> list[dict]:
+    """`n` chat rows; with `curriculum`, ordered from the shortest context to the longest
+    (train them in order: ``train_sampling_strategy: sequential``)."""
+    return _rows(n, seed, split, lengths, n_people, tokenizer, curriculum)
 
 
 def default_eval_rows(n: int, seed: int = 0, lengths: int | Sequence[int] = 256,
@@ -307,6 +316,7 @@ DEFAULT_RECIPE = {
     "eval_samples": 128,
     "eval_lengths": (256, 384),  # longer than any training sample
     "n_people": 1,
+    "curriculum": True,
     "chance": 1 / len(PLACES),
 }
 

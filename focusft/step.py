@@ -143,7 +143,9 @@ class BilevelStep:
 
 
 def _keep(x):
-    return x
+    # Detached: returning `x` itself would tie a saved output to its own grad_fn (a reference
+    # cycle that keeps every inner graph alive until the garbage collector runs).
+    return x.detach()
 
 
 def _hidden(out):

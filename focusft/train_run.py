@@ -64,7 +64,8 @@ def default_rows(split: str, cfg: FocusConfig, tokenizer) -> datasets.Dataset:
     if split == "train":
         rows = default.default_training_rows(recipe["train_samples"], seed=cfg.seed,
                                              lengths=recipe["train_lengths"],
-                                             n_people=recipe["n_people"], tokenizer=tokenizer)
+                                             n_people=recipe["n_people"], tokenizer=tokenizer,
+                                             curriculum=recipe["curriculum"])
     else:
         rows = default.default_eval_rows(recipe["eval_samples"], seed=cfg.seed,
                                          lengths=recipe["eval_lengths"],
@@ -131,12 +132,15 @@ def train(cfg: FocusConfig) -> dict:
         raise UserError(problem)
     resume_target(cfg)  # a bad --resume_from_checkpoint fails before any work
     model, tokenizer = load_model_and_tokenizer(cfg)
-    train_set, report, _ = build_dataset(cfg.data, "train", cfg, tokenizer)
-    eval_set = build_dataset(cfg.eval_data, "eval", cfg, tokenizer)[0] if cfg.eval_data else None
+    train_set, report, train_rows = build_dataset(cfg.data, "train", cfg, tokenizer)
+    eval_set, _, eval_rows = build_dataset(cfg.eval_data, "eval", cfg, tokenizer) if cfg.eval_data \
+        else (None, None, None)
     trainer = FocusTrainer(model, cfg, train_dataset=train_set, eval_dataset=eval_set,
                            data_collator=Collator(pad_id=tokenizer.pad_token_id,
                                                  pack_to=cfg.max_length if cfg.packing else None),
                            processing_class=tokenizer)
+    if cfg.diagnostics_steps:
+        attach_diagnostics(trainer, tokenizer, eval_rows or train_rows, cfg)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(vars(report), indent=2))
     with GracefulStop() as stop:  # SIGINT/SIGTERM: finish the step, save a checkpoint, stop
@@ -153,6 +157,18 @@ def train(cfg: FocusConfig) -> dict:
         result.update(default_heldout_accuracy(trainer.model, tokenizer, cfg))
     (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def attach_diagnostics(trainer, tokenizer, rows, cfg: FocusConfig) -> None:
+    """Sink mass / context engagement of a fixed probe batch over training (focusft.diagnostics)."""
+    from .diagnostics import DiagnosticsCallback
+    from .diagnostics.evidence import probe_batch
+
+    probe = [rows[i] for i in range(min(cfg.diagnostics_samples, len(rows)))]
+    source = cfg.eval_data or cfg.data or "embedded default"
+    batch = probe_batch(tokenizer, probe, source, tokenizer.pad_token_id)
+    DiagnosticsCallback(batch, cfg.diagnostics_steps, cfg.output_dir,
+                        mask=cfg.diagnostics_mask).attach(trainer)
 
 
 def default_heldout_accuracy(model, tokenizer, cfg: FocusConfig) -> dict:

@@ -1,0 +1,134 @@
+"""`focusft diagnose`: where do a model's response tokens look? Sink mass, context engagement,
+evidence mass and rank, per layer, under the GLM mask and/or causal.
+
+    focusft diagnose --model runs/sft --model runs/focusft --data eval.jsonl --samples 16 \\
+        --mask both --out diag/
+
+Each ``--model`` is a local Hugging Face checkpoint directory (model + tokenizer; nothing is
+downloaded, no remote code runs). Rows are chat rows (``messages``), optionally with
+``evidence``: character spans of the supporting facts in the first user message. Writes to
+``--out``: ``table.md`` (also printed), ``metrics.json``, ``layers.png`` (per-layer sink mass
+and engagement bars, models side by side) and ``strip.png`` (attention received over the
+positions of one sample, evidence marked). Metric definitions: docs/diagnostics.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import UserError
+
+MASK_CHOICES = {"glm": ["glm"], "causal": ["causal"], "both": ["glm", "causal"]}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("diagnose", help="attention-sink / context-engagement diagnostics",
+                              description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p.add_argument("--model", action="append", required=True, metavar="PATH",
+                   help="local checkpoint directory; repeat to compare models")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="chat rows: .jsonl/.json/.parquet or a save_to_disk directory")
+    p.add_argument("--samples", type=int, default=8, help="first N rows to measure (>= 1)")
+    p.add_argument("--mask", choices=tuple(MASK_CHOICES), default="both",
+                   help="attention layout: glm (as FocuSFT trains), causal, or both")
+    p.add_argument("--out", default="diagnostics", metavar="DIR", help="output directory")
+    p.add_argument("--sink_k", type=int, default=4, help="the first k tokens count as sinks (>= 1)")
+    p.add_argument("--chunk_size", type=int, default=None,
+                   help="response queries per chunk (default: sized to ~64 MiB of scores)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights dtype")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    _check_flags(args)
+    from ..data import load_rows
+    from ..diagnostics.report import markdown_table, plot_layers, plot_strip, to_json, write_json, write_text
+
+    rows = load_rows(args.data)
+    rows = [rows[i] for i in range(min(args.samples, len(rows)))]
+    masks = MASK_CHOICES[args.mask]
+    results, strip_sample = {}, None
+    for label, path in _labels(args.model):
+        results[label], has_evidence = _measure_model(path, rows, masks, args)
+        strip_sample = strip_sample if strip_sample is not None else _first(has_evidence)
+    table = markdown_table(results, args.sink_k)
+    print(table, end="")
+    os.makedirs(args.out, exist_ok=True)
+    write_text(os.path.join(args.out, "table.md"), table)
+    meta = {"data": args.data, "samples": len(rows), "sink_k": args.sink_k, "masks": masks,
+            "model_paths": dict(_labels(args.model))}
+    write_json(os.path.join(args.out, "metrics.json"), to_json(results, meta))
+    plot_layers(os.path.join(args.out, "layers.png"), results, args.sink_k)
+    plot_strip(os.path.join(args.out, "strip.png"), results, masks[0], strip_sample or 0)
+    print(f"wrote {args.out}/table.md, metrics.json, layers.png, strip.png", file=sys.stderr)
+    return 0
+
+
+def _check_flags(args) -> None:
+    for flag, value in (("--samples", args.samples), ("--sink_k", args.sink_k)):
+        if value < 1:
+            raise UserError(f"{flag} is {value}; expected an integer >= 1")
+    if args.chunk_size is not None and args.chunk_size < 1:
+        raise UserError(f"--chunk_size is {args.chunk_size}; expected an integer >= 1")
+    for path in args.model:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise UserError(f"--model {path}: not a local checkpoint directory (no config.json); "
+                            "pass a directory written by save_pretrained")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out}: exists and is not a directory")
+
+
+def _labels(paths: list[str]) -> list[tuple[str, str]]:
+    """A short, unique label per model: its directory name (#2, #3 ... on repeats)."""
+    out, seen = [], {}
+    for path in paths:
+        name = os.path.basename(os.path.normpath(path)) or path
+        seen[name] = seen.get(name, 0) + 1
+        out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", path))
+    return out
+
+
+def _first(flags: list[bool]) -> int | None:
+    return next((i for i, flag in enumerate(flags) if flag), None)
+
+
+def _load(path: str, args):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                     dtype=getattr(torch, args.dtype))
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"--model {path}: cannot load the checkpoint ({exc})") from exc
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return tokenizer, model.to(device)
+
+
+def _measure_model(path: str, rows: list[dict], masks: list[str], args):
+    """{mask: Diagnostics} over the rows, one row per forward (no padding, bounded memory)."""
+    from ..diagnostics import Diagnostics, measure
+    from ..diagnostics.evidence import render_sample
+
+    tokenizer, model = _load(path, args)
+    samples = [render_sample(tokenizer, row, f"{args.data} row {i}") for i, row in enumerate(rows)]
+    if not any(sum(s.loss_mask) for s in samples):
+        raise UserError(f"{args.data}: none of the first {len(rows)} rows has an assistant token")
+    out = {}
+    for mask in masks:
+        parts = []
+        for i, sample in enumerate(samples):
+            print(f"{path}: {mask} mask, row {i + 1}/{len(samples)} ({len(sample.input_ids)} tokens)",
+                  file=sys.stderr)
+            try:
+                parts.append(measure(model, sample.batch(), mask, args.sink_k, args.chunk_size))
+            except RuntimeError as exc:
+                if "AttentionInterface" not in str(exc):
+                    raise
+                raise UserError(f"--model {path}: {exc}") from exc
+        out[mask] = Diagnostics.cat(parts)
+    return out, [s.evidence is not None and any(s.evidence) for s in samples]
