@@ -1,0 +1,29 @@
+"""`focusft experiment`: SFT-causal, SFT-GLM, FocuSFT (+ context-objective ablation) from one base.
+
+See focusft.experiment for the pipeline; writes out/experiment.json and docs/results.md.
+"""
+
+from __future__ import annotations
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("experiment", help="SFT vs FocuSFT in miniature; writes docs/results.md",
+                              description=__doc__)
+    p.add_argument("--quick", action="store_true", help="tiny budget (< 10 min on 2 CPU cores), 1 seed")
+    p.add_argument("--smoke", action="store_true", help="the smallest end-to-end run (tests)")
+    p.add_argument("--base", default=None, help="base checkpoint; default: pretrain one into OUT/base")
+    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2; quick: 0)")
+    p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
+    p.add_argument("--tasks", default=None, help="comma-separated BABILong tasks (default qa1)")
+    p.add_argument("--out", default=None, help="working directory (default runs/experiment)")
+    p.add_argument("--report", default=None, help="markdown report (default docs/results.md)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..experiment import command_line, config_from_args, run_experiment
+
+    cfg = config_from_args(args)
+    summary = run_experiment(cfg, command_line())
+    print(f"report: {cfg.report}  ({summary['total_seconds']:.0f} s)")
+    return 0
