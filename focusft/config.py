@@ -78,7 +78,7 @@ class FocusConfig(TrainingArguments):
         metadata=_help("Names of the Linear modules in each adapted layer that get fast weights."))
     leak_warn_ratio: float = field(default=0.1, metadata=_help(
         "Warn when the outer loss stays below this fraction of the base (pre-adaptation) loss."))
-    leak_warn_patience: int = field(default=5, metadata=_help(
+    leak_warn_patience: int = field(default=3, metadata=_help(
         "... for this many consecutive logging windows (leakage of the label into fast weights)."))
     # --- attention diagnostics during training (focusft.diagnostics) -----------------------
     diagnostics_steps: int = field(default=0, metadata=_help(

@@ -147,7 +147,10 @@ class FocusTrainer(Trainer):
 
     def _check_leak(self, logs: dict) -> None:
         base, outer = logs.get("inner_loss_1"), logs.get("outer_loss")
-        if base is None or outer is None or self.args.inner_steps == 0:
+        # Only the response objective's first inner loss is the base model's own loss on the
+        # same tokens as the outer loss (the context objective's is on other tokens).
+        if base is None or outer is None or self.args.inner_steps == 0 \
+                or self.args.inner_objective != "response":
             return
         leaking = outer < self.args.leak_warn_ratio * base
         self._leak_windows = self._leak_windows + 1 if leaking else 0

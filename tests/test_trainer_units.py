@@ -18,7 +18,8 @@ class FakeTrainer:
     _check_leak = FocusTrainer._check_leak
 
     def __init__(self, **args):
-        self.args = type("A", (), {"inner_steps": 2, "leak_warn_ratio": 0.1, "leak_warn_patience": 3, **args})
+        self.args = type("A", (), {"inner_steps": 2, "leak_warn_ratio": 0.1, "leak_warn_patience": 3,
+                                "inner_objective": "response", **args})
         self._leak_windows = 0
 
 
@@ -30,6 +31,15 @@ def test_leak_warning_fires_after_patience_windows_of_outer_far_below_base(caplo
         assert "label leakage" not in caplog.text
         t._check_leak({"inner_loss_1": 8.0, "outer_loss": 1e-6})
         assert "label leakage" in caplog.text
+
+
+def test_no_leak_warning_for_the_context_objective(caplog):
+    # Its inner_loss_1 is a next-token loss on context tokens, not the base's answer loss.
+    t = FakeTrainer(inner_objective="context")
+    with caplog.at_level(logging.WARNING, logger="focusft"):
+        for _ in range(10):
+            t._check_leak({"inner_loss_1": 9.0, "outer_loss": 0.01})
+    assert "label leakage" not in caplog.text
 
 
 def test_no_leak_warning_when_outer_tracks_base(caplog):
