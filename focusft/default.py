@@ -311,10 +311,13 @@ def default_eval_rows(n: int, seed: int = 0, lengths: int | Sequence[int] = 256,
 
 # What `focusft train` with no arguments trains on (hyper-parameters: configs/tiny_default.yaml).
 DEFAULT_RECIPE = {
-    "train_samples": 2048,
-    "train_lengths": (64, 128, 192, 256),
+    # One fact ("Mary went to the kitchen.") hidden in distractor prose; answer: the place.
+    # A curriculum from short to long contexts (trained in order): from scratch, this model
+    # learns the task in ~60 steps at 32 tokens but not within 150 steps at 32-256 mixed.
+    "train_samples": 5600,  # 175 steps of 32
+    "train_lengths": (32, 32, 32, 64, 64, 128, 256),
     "eval_samples": 128,
-    "eval_lengths": (256, 384),  # longer than any training sample
+    "eval_lengths": (256, 512),  # 512: longer than any training sample
     "n_people": 1,
     "curriculum": True,
     "chance": 1 / len(PLACES),

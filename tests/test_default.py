@@ -77,3 +77,16 @@ def test_train_with_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch
         assert len(r["per_layer"]["sink"]) == default.default_model_config(
             default.load_default_tokenizer()).num_hidden_layers
     assert "checkpoint:" in capsys.readouterr().out
+
+
+def test_data_command_writes_default_task_rows_apart_from_training(tmp_path, tokenizer):
+    out = tmp_path / "probe.jsonl"
+    assert main(["data", "default", "--lengths", "64,128", "--samples", "4", "--split", "test",
+                 "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 8 and all(r["evidence"] and r["task"] == "locate" for r in rows)
+    recipe = default.DEFAULT_RECIPE
+    train = default.default_training_rows(64, lengths=(64, 128), n_people=recipe["n_people"],
+                                          tokenizer=tokenizer)
+    contents = {r["messages"][0]["content"] for r in train}
+    assert not contents & {r["messages"][0]["content"] for r in rows}

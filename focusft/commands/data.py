@@ -1,13 +1,16 @@
-"""`focusft data`: write a BABILong or RULER set as chat rows (.parquet or .jsonl).
+"""`focusft data`: write a BABILong, RULER or embedded-default set as chat rows (.parquet or .jsonl).
 
     focusft data babilong --tasks qa1,qa2 --lengths 0k,1k --samples 100 --split train \\
         --seed 0 --tokenizer default --haystack DIR --out train.parquet
+    focusft data default --lengths 256,512 --samples 64 --split test --out probe.jsonl
+
+``default`` is the embedded default's task (one fact hidden in procedural prose, "Where is X?";
+``focusft.default``), with ``--samples`` rows per length and evidence spans; its splits are
+seeded apart from the rows `focusft train` trains on.
 
 Rows are those of ``focusft.evaluation.chat.make_chat_rows``; ``--samples`` is per task and
 length. Lengths are counted in ``--tokenizer``: a local tokenizer directory, or ``default`` for
-the project's default model tokenizer (``focusft.default.load_default_tokenizer()``). While
-that module is not available, ``default`` falls back to counting whitespace-separated words,
-so "4k" then means 4096 words (noted on stderr). The file is written atomically: to a temporary
+the project's default model tokenizer (``focusft.default.load_default_tokenizer()``). The file is written atomically: to a temporary
 file in the same directory, then renamed over ``--out``.
 """
 
@@ -16,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,7 +30,8 @@ FORMATS = (".parquet", ".jsonl")
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="generate BABILong / RULER chat sets",
                               description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("babilong", "ruler"), help="benchmark family")
+    p.add_argument("suite", choices=("babilong", "ruler", "default"),
+                   help="benchmark family, or the embedded default's task")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks (default: all of the suite: qa1..qa5 / 13 RULER)")
     p.add_argument("--lengths", default=None,
@@ -53,14 +56,10 @@ def _csv(text: str) -> list[str]:
 
 
 def load_tokenizer(spec: str):
-    """A tokenizer for length counting; None means whitespace words (see module docstring)."""
+    """A tokenizer for length counting (see module docstring)."""
     if spec == "default":
-        try:
-            from focusft.default import load_default_tokenizer  # written by another module owner
-        except ImportError:
-            print("focusft data: focusft.default is not available; counting lengths in "
-                  "whitespace words", file=sys.stderr)
-            return None
+        from ..default import load_default_tokenizer
+
         return load_default_tokenizer()
     from transformers import AutoTokenizer
 
@@ -96,13 +95,13 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
     from ..evaluation.ruler import RULER_TASKS
     from ..evaluation.tokens import parse_length
 
-    known = BABILONG_TASKS if args.suite == "babilong" else RULER_TASKS
+    known = {"babilong": BABILONG_TASKS, "ruler": RULER_TASKS, "default": ("locate",)}[args.suite]
     tasks = _csv(args.tasks) if args.tasks else list(known)
     bad = [t for t in tasks if t not in known]
     if bad or not tasks:
         raise UserError(f"--tasks: unknown {args.suite} task(s) {', '.join(bad) or '(none)'}; "
                         f"choose from {', '.join(known)}")
-    default_lengths = "0k,1k" if args.suite == "babilong" else "4k"
+    default_lengths = {"babilong": "0k,1k", "ruler": "4k", "default": "256,512"}[args.suite]
     try:
         lengths = [parse_length(x) for x in _csv(args.lengths or default_lengths)]
     except ValueError as err:
@@ -122,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.haystack import make_haystack
 
     tasks, lengths, out = _check(args)
+    if args.suite == "default":
+        rows = default_task_rows(args, lengths)
+        write_rows(rows, out)
+        print(f"wrote {len(rows)} rows to {out}")
+        return 0
     try:
         haystack = make_haystack(args.haystack, args.seed)
     except UserError as err:
@@ -135,3 +139,17 @@ def run(args: argparse.Namespace) -> int:
     write_rows(rows, out)
     print(f"wrote {len(rows)} rows to {out}")
     return 0
+
+
+def default_task_rows(args: argparse.Namespace, lengths: list[int]) -> list[dict]:
+    from .. import default
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    split = {"validation": "eval"}.get(args.split, args.split)
+    people = default.DEFAULT_RECIPE["n_people"]
+    # One stream per length, each seeded by (seed, split, length): a row never depends on the
+    # other lengths asked for.
+    return [row for length in lengths
+            for row in default.default_training_rows(
+                args.samples, seed=args.seed * 1_000_003 + length, split=split, lengths=length,
+                n_people=people, tokenizer=tokenizer)]
