@@ -86,7 +86,8 @@ class FocusConfig(TrainingArguments):
         "engagement on a fixed probe batch; log them as diag/* and append to "
         "output_dir/diagnostics.jsonl. 0 = off."))
     diagnostics_samples: int = field(default=8, metadata=_help(
-        "Probe batch size: the first N rows of --eval_data (else of the training rows)."))
+        "Probe batch size: the first N rows of --eval_data (else the embedded default's "
+        "held-out rows, or the training rows of --data)."))
     diagnostics_mask: str = field(default="causal", metadata=_help(
         "Mask the probe is measured under: causal (as the model is used at inference, the "
         "same for every method) | glm (as FocuSFT trains)."))

@@ -288,8 +288,11 @@ def assistant_char_spans(
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prefix = _render(tokenizer, messages[:i], tools, True, where)
         through = _render(tokenizer, messages[: i + 1], tools, False, where)
+        # Templates refuse an empty conversation: an opening assistant turn's prefix is what
+        # its own rendering puts before its content.
+        prefix = _render(tokenizer, messages[:i], tools, True, where) if i \
+            else _opening_header(tokenizer, message, tools, where)
         for name, text in (("up to (and with the generation prompt for)", prefix), ("through", through)):
             if not full.startswith(text):
                 raise UserError(_prefix_error(where, i, name, text, full))
@@ -297,6 +300,15 @@ def assistant_char_spans(
         if end > start:
             spans.append((start, end))
     return spans
+
+
+_MARK = "\u2063focusft-content\u2063"
+
+
+def _opening_header(tokenizer: Any, message: dict, tools: list | None, where: str) -> str:
+    """What the template writes before the content of an assistant turn that opens the chat."""
+    marked = _render(tokenizer, [{**message, "content": _MARK}], tools, False, where)
+    return marked[:max(0, marked.find(_MARK))]
 
 
 def _render(tokenizer: Any, messages: list[dict], tools: list | None, gen_prompt: bool, where: str) -> str:

@@ -140,7 +140,9 @@ def train(cfg: FocusConfig) -> dict:
                                                  pack_to=cfg.max_length if cfg.packing else None),
                            processing_class=tokenizer)
     if cfg.diagnostics_steps:
-        attach_diagnostics(trainer, tokenizer, eval_rows or train_rows, cfg)
+        probe_rows = eval_rows or (default_rows("eval", cfg, tokenizer) if cfg.data is None
+                                   else train_rows)
+        attach_diagnostics(trainer, tokenizer, probe_rows, cfg)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(vars(report), indent=2))
     with GracefulStop() as stop:  # SIGINT/SIGTERM: finish the step, save a checkpoint, stop
@@ -165,7 +167,7 @@ def attach_diagnostics(trainer, tokenizer, rows, cfg: FocusConfig) -> None:
     from .diagnostics.evidence import probe_batch
 
     probe = [rows[i] for i in range(min(cfg.diagnostics_samples, len(rows)))]
-    source = cfg.eval_data or cfg.data or "embedded default"
+    source = cfg.eval_data or cfg.data or "embedded default (held-out rows)"
     batch = probe_batch(tokenizer, probe, source, tokenizer.pad_token_id)
     DiagnosticsCallback(batch, cfg.diagnostics_steps, cfg.output_dir,
                         mask=cfg.diagnostics_mask).attach(trainer)
