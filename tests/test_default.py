@@ -61,7 +61,8 @@ def test_train_with_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch
     out = tmp_path / "run"
     code = main(["train", "--output_dir", str(out), "--max_steps", "2", "--disable_tqdm", "true",
                  "--per_device_train_batch_size", "4", "--diagnostics_steps", "1",
-                 "--diagnostics_samples", "3"])
+                 "--diagnostics_samples", "3", "--logging_steps", "1",
+                 "--save_strategy", "steps", "--save_steps", "2"])
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == "focusft" and result["steps"] == 2
@@ -76,6 +77,10 @@ def test_train_with_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch
         assert 0 < mean["evidence"] <= mean["context"]
         assert len(r["per_layer"]["sink"]) == default.default_model_config(
             default.load_default_tokenizer()).num_hidden_layers
+    # The diagnostics logs do not displace the training logs of the same step.
+    history = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == [1, 2]
+    assert [h["step"] for h in history if "diag/sink" in h] == [0, 1, 2]
     assert "checkpoint:" in capsys.readouterr().out
 
 

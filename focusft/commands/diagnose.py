@@ -82,10 +82,14 @@ def _check_flags(args) -> None:
 
 
 def _labels(paths: list[str]) -> list[tuple[str, str]]:
-    """A short, unique label per model: its directory name (#2, #3 ... on repeats)."""
+    """A short, unique label per model: its directory name, or parent/name where names repeat
+    (runs/a/final, runs/b/final -> a/final, b/final); #2, #3 ... on exact repeats."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    names = [p[-1] for p in parts]
     out, seen = [], {}
-    for path in paths:
-        name = os.path.basename(os.path.normpath(path)) or path
+    for path, part, name in zip(paths, parts, names):
+        if names.count(name) > 1 and len(part) > 1:
+            name = "/".join(part[-2:])
         seen[name] = seen.get(name, 0) + 1
         out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", path))
     return out

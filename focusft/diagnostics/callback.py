@@ -58,7 +58,11 @@ class DiagnosticsCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if model is not None and state.global_step % self.every == 0:
+            # trainer.log() clears control.should_log, which would drop this step's loss log.
+            should_log = getattr(control, "should_log", False)
             self._record(args, state, model)
+            if control is not None:
+                control.should_log = should_log
 
     def evaluate(self, model) -> tuple[dict, dict]:
         """(layer-averaged metrics, per-layer metrics) of `model` on the probe batch now."""
