@@ -8,6 +8,8 @@ that supports the attention interface (Llama, Qwen2/3, Mistral, Gemma, ...) can 
     context block  [s, e):  out[s:e] = SDPA(q[s:e], k[k0:e], v[k0:e])                 (dense)
     response block [s, e):  out[s:e] = SDPA(q[s:e], k[k0:e], v[k0:e], lower-right causal)
     padding:                out = 0
+    last layer (with_tail): only the blocks holding positions where logits are taken, each
+                            from its first such query; other rows out = 0
 
 A response block whose keys start at its own first query is plain ``is_causal=True`` (the
 fast kernels). A layout that carries a FlexAttention ``BlockMask`` (`AttentionLayout.
@@ -55,12 +57,15 @@ def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dro
     rows = []
     for b, blocks in enumerate(layout.rows):
         q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
-        parts = [_block_attention(q, k, v, blk, scale, dropout) for blk in blocks]
-        row = parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)  # (1, H, L, D)
-        first, last = (blocks[0].start, blocks[-1].end) if blocks else (0, 0)
-        if first > 0 or last < seq:  # padding (left or right) attends to nothing: zeros
-            row = F.pad(row, (0, 0, first, seq - last)) if blocks else query.new_zeros(query[:1].shape)
-        rows.append(row)
+        parts, at = [], 0
+        for blk in blocks:  # rows between blocks (padding, skipped queries) get zeros
+            if blk.start > at:
+                parts.append(q.new_zeros(1, q.shape[1], blk.start - at, v.shape[-1]))
+            parts.append(_block_attention(q, k, v, blk, scale, dropout))
+            at = blk.end
+        if at < seq:
+            parts.append(q.new_zeros(1, q.shape[1], seq - at, v.shape[-1]))
+        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))  # (1, H, S, D)
     out = rows[0] if batch == 1 else torch.cat(rows, dim=0)
     return out.transpose(1, 2).contiguous()
 
@@ -93,6 +98,8 @@ def focusft_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     if query.shape[2] != layout.seq_len or query.shape[0] != len(layout.rows):
         raise ValueError(f"layout is for {len(layout.rows)} x {layout.seq_len} tokens, "
                          f"attention got {query.shape[0]} x {query.shape[2]}")
+    if layout.tail is not None and getattr(module, "layer_idx", None) == layout.tail_layer:
+        layout = layout.tail  # the last layer: only the rows that reach the loss
     if layout.block_mask is not None:
         return flex_layout_attention(query, key, value, layout, scaling), None
     return layout_attention(query, key, value, layout, scaling, dropout), None

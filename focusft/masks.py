@@ -72,6 +72,32 @@ def causal_blocks(length: int, key_start: int = 0) -> list[Block]:
     return [Block(key_start, length, key_start, causal=True)] if length > key_start else []
 
 
+def query_blocks(blocks: Sequence[Block], needed: Sequence[int]) -> list[Block]:
+    """`blocks` restricted to the queries that are `needed`: each block starts at its first needed
+    query, blocks without one are dropped. Keys are unchanged, so every kept query sees exactly
+    the keys it saw before (a causal block stays lower-right aligned to its end).
+
+    Used for the last decoder layer, whose output matters only where logits are taken::
+
+        position  0  1  2  3  4  5  6  7
+        needed    0  0  0  1  1  0  0  1
+        GLM       C[0,3) R[3,5) C[5,7) R[7,8)   ->  R[3,5) R[7,8)
+        causal    R[0,8)                         ->  R[3,8) (keys [0, q])
+
+    >>> [(b.start, b.end) for b in query_blocks(turn_blocks([0, 0, 0, 1, 1, 0, 0, 1], 8),
+    ...                                          [0, 0, 0, 1, 1, 0, 0, 1])]
+    [(3, 5), (7, 8)]
+    >>> query_blocks(causal_blocks(8), [0, 0, 0, 1, 1, 0, 0, 1])
+    [Block(start=3, end=8, key_start=0, causal=True)]
+    """
+    kept = []
+    for blk in blocks:
+        first = next((q for q in range(blk.start, blk.end) if needed[q]), None)
+        if first is not None:
+            kept.append(replace(blk, start=first))
+    return kept
+
+
 def row_segments(sample_index: Sequence[int]) -> list[tuple[int, int, int]]:
     """(start, end, sample) of each packed sample in a row; -1 marks padding.
 
@@ -94,6 +120,16 @@ class AttentionLayout:
     rows: tuple[tuple[Block, ...], ...]
     seq_len: int
     block_mask: Any = field(default=None, compare=False)  # FlexAttention BlockMask, if built
+    tail: "AttentionLayout | None" = field(default=None, compare=False)  # see with_tail
+    tail_layer: int = -1
+
+    def with_tail(self, needed: torch.Tensor, layer: int) -> "AttentionLayout":
+        """This layout, whose decoder layer `layer` (the last one) computes attention only for
+        the query positions in `needed` (B, S bool; see `query_blocks`); its other rows get
+        zeros. Exact for any loss taken at `needed` positions only: those rows of the last
+        layer reach nothing else."""
+        rows = tuple(tuple(query_blocks(blocks, row)) for blocks, row in zip(self.rows, needed.tolist()))
+        return replace(self, tail=AttentionLayout(rows, self.seq_len), tail_layer=layer)
 
     def with_block_mask(self, device) -> "AttentionLayout":
         """This layout plus a FlexAttention BlockMask of the same key ranges (built once per batch)."""

@@ -160,6 +160,9 @@ def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | tor
     """
     labels = batch["labels"]
     keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
+    # The last layer matters only where logits are taken (also for the response-objective
+    # inner loop, which runs under this layout).
+    layout = layout.with_tail((labels != -100).cpu(), len(decoder_layers(model)) - 1)
     out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,
                 logits_to_keep=keep, use_cache=False)
     kept = labels[:, keep]  # (B, P)

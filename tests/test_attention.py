@@ -65,3 +65,24 @@ def test_flex_block_mask_path_matches_sdpa_path_forward():
         want = model(batch["input_ids"], layout=layout).logits
         got = model(batch["input_ids"], layout=layout.with_block_mask("cpu")).logits
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["glm", "causal"])
+def test_last_layer_tail_changes_nothing_at_needed_positions(kind):
+    batch = make_batch(LAYOUTS[0])
+    lengths = batch["attention_mask"].sum(1).tolist()
+    layout = (AttentionLayout.glm(batch["loss_mask"], lengths) if kind == "glm"
+              else AttentionLayout.causal(lengths, batch["input_ids"].shape[1]))
+    needed = batch["loss_mask"].bool()
+    model = tiny_qwen2()
+    model.set_attn_implementation("focusft")
+    full = model(batch["input_ids"], layout=layout).logits
+    full[needed].square().sum().backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    last = model.config.num_hidden_layers - 1
+    got = model(batch["input_ids"], layout=layout.with_tail(needed, last)).logits
+    torch.testing.assert_close(got[needed], full[needed], rtol=1e-5, atol=1e-5)
+    got[needed].square().sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-6, msg=n)

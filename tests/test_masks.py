@@ -76,3 +76,22 @@ def test_fuzz_blocks_tile_the_row_and_masks_are_prefixes(mask, data):
     assert torch.equal(dense_mask(lo, hi)[0, 0], brute_force_glm([int(x) for x in mask], length, len(mask)))
     q = torch.arange(length)
     assert bool((hi[0, :length] >= q + 1).all())  # every real token sees itself
+
+
+def test_query_blocks_keep_key_ranges_of_needed_queries():
+    rng = random.Random(1)
+    for _ in range(50):
+        seq = rng.randint(1, 24)
+        rows = [random_row(rng, seq) for _ in range(rng.randint(1, 3))]
+        lm = torch.tensor([m for m, _ in rows])
+        lengths = [n for _, n in rows]
+        needed = torch.rand(lm.shape) < 0.3
+        needed &= torch.arange(seq) < torch.tensor(lengths)[:, None]
+        for layout in (AttentionLayout.glm(lm, lengths), AttentionLayout.causal(lengths, seq)):
+            tail = layout.with_tail(needed, layer=3)
+            assert tail.tail_layer == 3 and tail.rows == layout.rows
+            lo, hi = layout.key_ranges()
+            tlo, thi = tail.tail.key_ranges()
+            computed = thi > 0  # rows the tail computes (a real query always sees >= 1 key)
+            assert torch.equal(tlo[needed], lo[needed]) and torch.equal(thi[needed], hi[needed])
+            assert not (computed & ~(hi > 0)).any()  # never a padding row
