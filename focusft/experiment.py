@@ -2,28 +2,34 @@
 
 Pipeline (every step is an existing focusft function; nothing here re-implements the method):
 
-1. base: ``--base DIR`` or a fresh `focusft.pretrain` checkpoint (out/base).
-2. data: BABILong-style chat rows (`make_chat_rows(..., split="train")`) at the training noise
-   lengths, written to out/data/train.jsonl. The same file trains every method and seed.
-3. train: for every seed and method, `train_run.train(parse_config([...]))` from the base with
-   identical outer hyper-parameters. Methods:
+1. base: ``--base DIR``; else the embedded default model, randomly initialised from each
+   training seed (``scratch``: every method of a seed starts from the same weights), saved for
+   seed 0 as out/base for the reference rows; ``--base pretrain`` makes a `focusft.pretrain`
+   checkpoint (out/base) instead.
+2. data: the embedded default's task (one fact hidden in distractor prose, "Where is X?"),
+   ``train_samples`` rows ordered from the shortest context to the longest (the curriculum the
+   tiny model needs to learn at all), written to out/data/train.jsonl and trained in order.
+   The same file trains every method and seed. Probe rows for the attention diagnostics:
+   out/data/probe.jsonl (held-out rows at the longest training length).
+3. train: for every seed and method, `train_run.train(parse_config([...]))` with identical outer
+   hyper-parameters, attention diagnostics every ``diagnostics_steps`` steps. Methods:
        sft-causal       plain SFT, causal mask
        sft-glm          plain SFT, GLM turn mask (the bidirectional-only ablation)
        focusft          bilevel, GLM mask, inner objective = response (the reference)
        focusft-context  bilevel, GLM mask, inner objective = context (the ablation)
-4. evaluate: `eval_runner.evaluate` on the *test* split at the evaluation lengths (some longer
-   than any training sample), causal inference mask; the base model is scored as a reference.
-   95% confidence intervals: Wilson score interval on the correct / total counts pooled over
-   seeds and samples (each (seed, sample) answer treated as one Bernoulli trial; between-seed
-   variance is shown separately as the per-seed range).
-5. leakage probe: for held-out *validation* rows with a WRONG answer put in the assistant turn,
-   reset fast weights (`FastWeights`) on the trained model and adapt them for K inner SGD steps
-   (`BilevelStep` / `inner_loop`, armed by `arm_inner`) on that sample, with the response
-   objective (sees the wrong label) and with the context objective (does not). Reported: how
-   often the model's greedy first answer token equals the wrong label before and after the
-   adaptation, under the method's training mask, teacher-forced at the answer position.
+4. evaluate (causal inference mask, test splits): the task itself at ``heldout_lengths`` (some
+   longer than any training sample); BABILong-style ``tasks`` at ``eval_lengths`` and a
+   RULER-style subset (``ruler_tasks``, incl. CWE) as transfer tests; the base is scored too.
+   95% confidence intervals: Wilson score interval on correct / total pooled over seeds and
+   samples (each (seed, sample) answer one Bernoulli trial; the per-seed range is shown apart).
+5. leakage probe: held-out rows with a WRONG answer in the assistant turn; fresh fast weights
+   (`FastWeights`) on the trained model adapted for K inner SGD steps on that sample
+   (`BilevelStep` / `inner_loop`, armed by `arm_inner`) with the response objective (sees the
+   wrong label) and with the context objective (does not). Reported: how often the greedy first
+   answer token equals the wrong label before and after, teacher-forced at the answer position.
 6. report: out/experiment.json, and a markdown report (default docs/results.md) with the tables,
-   the exact command and the git commit; plots next to it (accuracy vs length).
+   the exact command and the git commit; plots next to it (accuracy vs length; sink mass and
+   context engagement over training).
 """
 
 from __future__ import annotations
@@ -52,18 +58,28 @@ BASE = "base (no SFT)"
 class ExperimentConfig:
     out: str = "runs/experiment"
     report: str = "docs/results.md"
-    base: str | None = None
+    base: str | None = None  # None / "scratch": seeded default init; "pretrain"; or a directory
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    tasks: list[str] = field(default_factory=lambda: ["qa1"])
-    train_lengths: list[int] = field(default_factory=lambda: [0, 128, 256])
-    eval_lengths: list[int] = field(default_factory=lambda: [0, 256, 512, 1024])
-    train_samples: int = 200  # per task and training length
-    eval_samples: int = 30  # per task and evaluation length (per seed: the same test rows)
-    few_shot: bool = True
-    steps: int = 150  # outer optimizer steps per run
-    batch_size: int = 8
+    # training task: the embedded default's, short-to-long curriculum
+    train_lengths: list[int] = field(default_factory=lambda: [32, 32, 32, 64, 64, 128, 256])
+    train_samples: int = 5600
+    n_people: int = 1
+    steps: int = 175  # outer optimizer steps per run (train_samples / batch_size: one pass)
+    batch_size: int = 32
     learning_rate: float = 1e-3
+    warmup_steps: int = 30
+    diagnostics_steps: int = 25
+    # evaluation
+    heldout_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    heldout_samples: int = 64  # per length (the same test rows for every model)
+    tasks: list[str] = field(default_factory=lambda: ["qa1", "qa2"])  # BABILong transfer
+    eval_lengths: list[int] = field(default_factory=lambda: [0, 1024, 2048])
+    eval_samples: int = 20  # per task and length
+    ruler_tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "cwe"])
+    ruler_lengths: list[int] = field(default_factory=lambda: [1024])
+    ruler_samples: int = 10
+    few_shot: bool = True
     pretrain_steps: int = 300
     pretrain_seq_len: int = 512
     pretrain_batch: int = 8
@@ -76,13 +92,16 @@ class ExperimentConfig:
 
 PRESETS = {
     "full": {},
-    "quick": dict(seeds=[0], train_lengths=[0, 64], eval_lengths=[0, 64, 128, 256],
-                  train_samples=48, eval_samples=10, few_shot=False, steps=16, batch_size=4,
-                  pretrain_steps=30, pretrain_seq_len=192, pretrain_batch=4, probe_samples=8,
-                  label="quick"),
-    "smoke": dict(seeds=[0], train_lengths=[0], eval_lengths=[0, 32], train_samples=4,
-                  eval_samples=2, few_shot=False, steps=1, batch_size=2, pretrain_steps=1,
-                  pretrain_seq_len=64, pretrain_batch=2, probe_samples=2, label="smoke"),
+    "quick": dict(seeds=[0], train_lengths=[32, 32, 32, 64], train_samples=3200, steps=100,
+                  warmup_steps=10, diagnostics_steps=25, heldout_lengths=[64, 128, 256],
+                  heldout_samples=24, tasks=["qa1"], eval_lengths=[0], eval_samples=6,
+                  ruler_tasks=["niah_single_1", "cwe"], ruler_lengths=[1024], ruler_samples=2,
+                  few_shot=False, probe_samples=8, label="quick"),
+    "smoke": dict(seeds=[0], train_lengths=[16], train_samples=4, steps=1, batch_size=2,
+                  warmup_steps=0, diagnostics_steps=1, heldout_lengths=[16, 32],
+                  heldout_samples=2, tasks=["qa1"], eval_lengths=[0], eval_samples=2,
+                  ruler_tasks=["niah_single_1"], ruler_lengths=[512], ruler_samples=1,
+                  few_shot=False, probe_samples=2, label="smoke"),
 }
 
 
@@ -109,117 +128,179 @@ def wilson(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]
 # --------------------------------------------------------------------------------------------
 
 def make_base(cfg: ExperimentConfig, log) -> str:
-    if cfg.base:
-        return cfg.base
-    from .pretrain import PretrainConfig, pretrain
-
+    """The reference base checkpoint (seed 0's starting weights), or the one given."""
     path = Path(cfg.out) / "base"
+    if cfg.base not in (None, "scratch", "pretrain"):
+        return cfg.base
     if (path / "model.safetensors").exists():
         log(f"base: reusing {path}")
         return str(path)
-    pretrain(PretrainConfig(output_dir=str(path), steps=cfg.pretrain_steps,
-                            seq_len=cfg.pretrain_seq_len, batch_size=cfg.pretrain_batch,
-                            seed=cfg.data_seed, warmup=max(1, cfg.pretrain_steps // 10)), log=log)
+    if cfg.base == "pretrain":
+        from .pretrain import PretrainConfig, pretrain
+
+        pretrain(PretrainConfig(output_dir=str(path), steps=cfg.pretrain_steps,
+                                seq_len=cfg.pretrain_seq_len, batch_size=cfg.pretrain_batch,
+                                seed=cfg.data_seed, warmup=max(1, cfg.pretrain_steps // 10)),
+                 log=log)
+        return str(path)
+    from . import default
+
+    tokenizer = default.load_default_tokenizer()
+    model = default.build_default_model(tokenizer, seed=cfg.seeds[0])
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
     return str(path)
 
 
-def write_train_data(cfg: ExperimentConfig, tokenizer) -> tuple[str, int]:
-    """Training rows to out/data/train.jsonl; returns the path and the longest row in tokens."""
-    from .evaluation.chat import make_chat_rows
-
-    rows = make_chat_rows("babilong", cfg.tasks, cfg.train_lengths, cfg.train_samples,
-                          cfg.data_seed, split="train", tokenizer=tokenizer, few_shot=cfg.few_shot)
-    path = Path(cfg.out) / "data" / "train.jsonl"
+def _write_jsonl(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    longest = 0
     with path.open("w") as f:
         for row in rows:
-            f.write(json.dumps({"messages": row["messages"]}) + "\n")
-            text = tokenizer.apply_chat_template(row["messages"], tokenize=False)
-            longest = max(longest, len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    return str(path), longest
+            f.write(json.dumps(row) + "\n")
 
 
-def train_flags(cfg: ExperimentConfig, method: str, seed: int, base: str, data: str,
+def write_train_data(cfg: ExperimentConfig, tokenizer) -> tuple[str, str, int]:
+    """Curriculum training rows and diagnostics probe rows; returns both paths and the longest
+    training row in tokens."""
+    from . import default
+
+    rows = default.default_training_rows(cfg.train_samples, seed=cfg.data_seed,
+                                         lengths=cfg.train_lengths, n_people=cfg.n_people,
+                                         tokenizer=tokenizer, curriculum=True)
+    probe = default.default_eval_rows(8, seed=cfg.data_seed, lengths=max(cfg.train_lengths),
+                                      n_people=cfg.n_people, tokenizer=tokenizer)
+    data, probe_path = Path(cfg.out) / "data" / "train.jsonl", Path(cfg.out) / "data" / "probe.jsonl"
+    _write_jsonl(rows, data)
+    _write_jsonl(probe, probe_path)
+    longest = max(len(tokenizer(tokenizer.apply_chat_template(r["messages"], tokenize=False),
+                                add_special_tokens=False)["input_ids"]) for r in rows[-64:])
+    return str(data), str(probe_path), longest
+
+
+def train_flags(cfg: ExperimentConfig, method: str, seed: int, data: str, probe: str,
                 max_length: int) -> list[str]:
     out = Path(cfg.out) / "runs" / f"{method}-seed{seed}"
-    return ["--model", base, "--data", data, "--output_dir", str(out), *METHODS[method],
+    model = [] if cfg.base in (None, "scratch") else ["--model", make_base(cfg, lambda *_: None)]
+    return [*model, "--data", data, "--output_dir", str(out), *METHODS[method],
             "--max_length", str(max_length), "--truncation", "error",
             "--max_steps", str(cfg.steps), "--per_device_train_batch_size", str(cfg.batch_size),
+            "--train_sampling_strategy", "sequential",
             "--learning_rate", str(cfg.learning_rate), "--lr_scheduler_type", "cosine",
-            "--warmup_steps", "0.1", "--weight_decay", "0.01", "--max_grad_norm", "1.0",
-            "--logging_steps", str(max(1, cfg.steps // 10)), "--seed", str(seed),
+            "--warmup_steps", str(cfg.warmup_steps), "--weight_decay", "0.01",
+            "--max_grad_norm", "1.0", "--logging_steps", str(max(1, cfg.steps // 10)),
+            "--seed", str(seed), "--diagnostics_steps", str(cfg.diagnostics_steps),
+            "--eval_data", probe, "--diagnostics_samples", "8",
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
 
 
-def train_all(cfg: ExperimentConfig, base: str, data: str, max_length: int, log) -> dict:
+def train_all(cfg: ExperimentConfig, data: str, probe: str, max_length: int, log) -> dict:
     from .config import parse_config
     from .train_run import train
 
     runs = {}
     for seed in cfg.seeds:
         for method in cfg.methods:
-            flags = train_flags(cfg, method, seed, base, data, max_length)
+            flags = train_flags(cfg, method, seed, data, probe, max_length)
             log(f"train {method} seed {seed}")
             start = time.perf_counter()
             result = train(parse_config(flags))
             result["wall_seconds"] = round(time.perf_counter() - start, 1)
             result["flags"] = flags
+            result["diagnostics"] = _read_jsonl(Path(flags[flags.index("--output_dir") + 1])
+                                                / "diagnostics.jsonl")
             runs[f"{method}|{seed}"] = result
             log(f"  {method} seed {seed}: loss {result['train_loss']:.4f}, "
                 f"{result['wall_seconds']} s")
     return runs
 
 
-def eval_spec(cfg: ExperimentConfig):
-    from .eval_runner import EvalSpec
-
-    return EvalSpec(suite="babilong", tasks=list(cfg.tasks), lengths=[str(x) for x in cfg.eval_lengths],
-                    samples=cfg.eval_samples, seed=cfg.data_seed, masks=["causal"], batch_size=8,
-                    few_shot=cfg.few_shot)
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def evaluate_all(cfg: ExperimentConfig, base: str, runs: dict, log) -> dict:
-    """{name: {"counts": {length: [correct, total]}, "per_seed": {seed: {length: acc}}, ...}}."""
-    from .eval_runner import evaluate
+def _models(base: str, runs: dict) -> list[tuple[str, int | None, str]]:
+    return [(BASE, None, base)] + [(k.split("|")[0], int(k.split("|")[1]), r["checkpoint"])
+                                   for k, r in runs.items()]
 
-    spec = eval_spec(cfg)
-    models = [(BASE, None, base)] + [(k.split("|")[0], int(k.split("|")[1]), r["checkpoint"])
-                                      for k, r in runs.items()]
-    log(f"evaluate {len(models)} checkpoints on {cfg.tasks} at lengths {cfg.eval_lengths}")
-    results = evaluate([path for _, _, path in models], spec)
-    table: dict[str, dict] = {}
-    for name, seed, path in models:
-        entry = results["models"][f"{path} [causal]"]
-        row = table.setdefault(name, {"counts": defaultdict(lambda: [0, 0]), "per_seed": {},
-                                      "eval_seconds": 0.0})
-        row["eval_seconds"] += entry["seconds"]
-        per_len = defaultdict(lambda: [0, 0])
-        for task, by_len in entry["scores"].items():
-            for length, score in by_len.items():
-                n = cfg.eval_samples
-                correct = round(score * n / 100)
-                per_len[int(length)][0] += correct
-                per_len[int(length)][1] += n
-        for length, (c, n) in per_len.items():
-            row["counts"][length][0] += c
-            row["counts"][length][1] += n
-        row["per_seed"][seed] = {length: 100 * c / n for length, (c, n) in per_len.items()}
-        row.setdefault("examples", entry["samples"][:3])
+
+def _empty_row() -> dict:
+    return {"counts": defaultdict(lambda: [0, 0]), "per_seed": {}, "eval_seconds": 0.0}
+
+
+def _finish(table: dict) -> dict:
     for row in table.values():
         row["counts"] = {int(k): v for k, v in sorted(row["counts"].items())}
     return table
 
 
+def evaluate_task(cfg: ExperimentConfig, base: str, runs: dict, log) -> dict:
+    """The trained task on held-out (test-split) rows, per length."""
+    from . import default
+    from .eval_runner import load_checkpoint
+
+    table: dict[str, dict] = {}
+    rows_by_length = None
+    for name, seed, path in _models(base, runs):
+        model, tokenizer = load_checkpoint(path)
+        if rows_by_length is None:
+            rows_by_length = {n: default.default_training_rows(
+                cfg.heldout_samples, seed=cfg.data_seed * 1_000_003 + n, split="test", lengths=n,
+                n_people=cfg.n_people, tokenizer=tokenizer) for n in cfg.heldout_lengths}
+        row = table.setdefault(name, _empty_row())
+        start, per_len = time.perf_counter(), {}
+        for n, rows in rows_by_length.items():
+            correct = round(default.answer_accuracy(model, tokenizer, rows) * len(rows))
+            row["counts"][n][0] += correct
+            row["counts"][n][1] += len(rows)
+            per_len[n] = 100 * correct / len(rows)
+        row["eval_seconds"] += time.perf_counter() - start
+        row["per_seed"][seed] = per_len
+    log(f"task evaluated at lengths {cfg.heldout_lengths}")
+    return _finish(table)
+
+
+def evaluate_suite(cfg: ExperimentConfig, base: str, runs: dict, suite: str, log) -> dict:
+    """{name: {"counts": {length: [score points, samples]}, "per_seed": ...}} for a suite.
+    Scores are the official per-sample scores (0/1 for BABILong; RULER CWE gives partial
+    credit, counted as a fraction of a point)."""
+    from .eval_runner import EvalSpec, evaluate
+
+    tasks = cfg.tasks if suite == "babilong" else cfg.ruler_tasks
+    lengths = cfg.eval_lengths if suite == "babilong" else cfg.ruler_lengths
+    samples = cfg.eval_samples if suite == "babilong" else cfg.ruler_samples
+    if not tasks or not lengths:
+        return {}
+    spec = EvalSpec(suite=suite, tasks=list(tasks), lengths=[str(x) for x in lengths],
+                    samples=samples, seed=cfg.data_seed, masks=["causal"], batch_size=8,
+                    few_shot=cfg.few_shot)
+    models = _models(base, runs)
+    log(f"evaluate {len(models)} checkpoints on {suite} {tasks} at {lengths}")
+    results = evaluate([path for _, _, path in models], spec)
+    table: dict[str, dict] = {}
+    for name, seed, path in models:
+        entry = results["models"][f"{path} [causal]"]
+        row = table.setdefault(name, _empty_row())
+        row["eval_seconds"] += entry["seconds"]
+        per_len = defaultdict(lambda: [0.0, 0])
+        for by_len in entry["scores"].values():
+            for length, score in by_len.items():
+                per_len[int(length)][0] += score * samples / 100
+                per_len[int(length)][1] += samples
+        for length, (c, n) in per_len.items():
+            row["counts"][length][0] += c
+            row["counts"][length][1] += n
+        row["per_seed"][seed] = {length: 100 * c / n for length, (c, n) in per_len.items()}
+    return _finish(table)
+
+
 def probe_rows(cfg: ExperimentConfig, tokenizer) -> list[dict]:
-    """Held-out (validation) rows whose assistant turn holds a WRONG answer."""
-    from .evaluation.chat import make_chat_rows
+    """Held-out (validation) rows of the trained task whose assistant turn is a WRONG place."""
+    from .default import PLACES, default_eval_rows
 
-    rows = make_chat_rows("babilong", cfg.tasks[:1], [cfg.train_lengths[-1]], cfg.probe_samples,
-                          cfg.data_seed, split="validation", tokenizer=tokenizer,
-                          few_shot=cfg.few_shot)
-    from .default import PLACES
-
+    rows = default_eval_rows(cfg.probe_samples, seed=cfg.data_seed + 1,
+                             lengths=max(cfg.train_lengths), n_people=cfg.n_people,
+                             tokenizer=tokenizer)
     rng = random.Random(cfg.data_seed)
     return [{"messages": [r["messages"][0], {"role": "assistant", "content": rng.choice(
         [p for p in PLACES if p != r["target"]])}]} for r in rows]
@@ -278,10 +359,9 @@ def probe_all(cfg: ExperimentConfig, base: str, runs: dict, log) -> dict:
     from .eval_runner import load_checkpoint
 
     probes: dict[str, list] = defaultdict(list)
-    targets = [(BASE, "causal", base)] + [
-        (k.split("|")[0], METHODS[k.split("|")[0]][3], r["checkpoint"]) for k, r in runs.items()]
     wrong_rows = None
-    for name, kind, path in targets:
+    for name, _, path in _models(base, runs):
+        kind = "causal" if name == BASE else METHODS[name][3]
         model, tokenizer = load_checkpoint(path)
         wrong_rows = wrong_rows or probe_rows(cfg, tokenizer)
         for objective in ("response", "context"):
@@ -321,13 +401,15 @@ def run_experiment(cfg: ExperimentConfig, command: str, log=print) -> dict:
     base = make_base(cfg, log)
     pretrain_seconds = round(time.perf_counter() - t0, 1)
     _, tokenizer = load_checkpoint(base)
-    data, longest = write_train_data(cfg, tokenizer)
-    runs = train_all(cfg, base, data, longest + 8, log)
-    table = evaluate_all(cfg, base, runs, log)
+    data, probe, longest = write_train_data(cfg, tokenizer)
+    runs = train_all(cfg, data, probe, longest + 8, log)
+    accuracy = {"task": evaluate_task(cfg, base, runs, log),
+                "babilong": evaluate_suite(cfg, base, runs, "babilong", log),
+                "ruler": evaluate_suite(cfg, base, runs, "ruler", log)}
     probes = probe_all(cfg, base, runs, log)
     summary = {"config": asdict(cfg), "command": command, "commit": git_commit(),
                "dirty": git_dirty(), "base": base, "pretrain_seconds": pretrain_seconds,
-               "longest_train_tokens": longest, "runs": runs, "accuracy": table,
+               "longest_train_tokens": longest, "runs": runs, "accuracy": accuracy,
                "probes": probes, "total_seconds": round(time.perf_counter() - start, 1)}
     base_meta = Path(base) / "pretrain.json"
     if base_meta.exists():
@@ -343,30 +425,35 @@ def run_experiment(cfg: ExperimentConfig, command: str, log=print) -> dict:
 # Report
 # --------------------------------------------------------------------------------------------
 
-def _fmt_ci(c: int, n: int) -> str:
-    lo, hi = wilson(c, n)
+def _fmt_ci(c: float, n: int) -> str:
+    lo, hi = wilson(round(c), n)
     return f"{100 * c / n:.1f} [{lo:.0f}, {hi:.0f}]" if n else "-"
 
 
-def plot(summary: dict, path: Path) -> None:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_accuracy(table: dict, lengths: list[int], longest: int, path: Path, xlabel: str) -> None:
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    lengths = summary["config"]["eval_lengths"]
-    for name, row in summary["accuracy"].items():
+    xs = list(range(len(lengths)))
+    for name, row in table.items():
         counts = row["counts"]
         ys = [100 * counts[n][0] / counts[n][1] for n in lengths]
-        cis = [wilson(*counts[n]) for n in lengths]
-        xs = list(range(len(lengths)))
-        ax.errorbar(xs, ys, yerr=[[y - lo for y, (lo, _) in zip(ys, cis)],
-                                  [hi - y for y, (_, hi) in zip(ys, cis)]],
+        cis = [wilson(round(counts[n][0]), counts[n][1]) for n in lengths]
+        ax.errorbar(xs, ys, yerr=[[max(0.0, y - lo) for y, (lo, _) in zip(ys, cis)],
+                                  [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis)]],
                     marker="o", capsize=3, label=name, linestyle="--" if name == BASE else "-")
-    ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
-    ax.axvline(_train_edge(summary), color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xlabel("noise tokens (dotted line: longest training noise length)")
+    ax.set_xticks(xs, [str(n) for n in lengths])
+    inside = [i for i, n in enumerate(lengths) if n <= longest]
+    ax.axvline((max(inside) + 0.5) if inside else -0.5, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_xlabel(xlabel + " (dotted line: longest training length)")
     ax.set_ylabel("accuracy (%), 95% Wilson CI")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=7)
@@ -376,19 +463,43 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _train_edge(summary: dict) -> float:
-    lengths, longest = summary["config"]["eval_lengths"], max(summary["config"]["train_lengths"])
-    inside = [i for i, n in enumerate(lengths) if n <= longest]
-    return (max(inside) + 0.5) if inside else -0.5
+def diagnostics_by_method(summary: dict) -> dict:
+    """{method: {step: {metric: mean over seeds}}} from each run's diagnostics.jsonl."""
+    acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for key, run in summary["runs"].items():
+        for record in run.get("diagnostics", []):
+            for metric, value in record["mean"].items():
+                if value is not None:
+                    acc[key.split("|")[0]][record["step"]][metric].append(value)
+    return {m: {step: {k: sum(v) / len(v) for k, v in metrics.items()}
+                for step, metrics in sorted(steps.items())} for m, steps in acc.items()}
 
 
-def accuracy_table(summary: dict) -> list[str]:
-    lengths = summary["config"]["eval_lengths"]
-    longest = max(summary["config"]["train_lengths"])
+def plot_diagnostics(by_method: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    for ax, (metric, title) in zip(axes, (("sink_first", "sink mass (first token)"),
+                                          ("context", "context engagement"),
+                                          ("evidence", "evidence mass"))):
+        for name, steps in by_method.items():
+            xs = list(steps)
+            ax.plot(xs, [steps[x].get(metric, float("nan")) for x in xs], marker=".", label=name)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("optimizer step")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("response-query attention on held-out probe rows, causal mask, mean of layers "
+                 "and seeds", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_table(table: dict, lengths: list[int], longest: int) -> list[str]:
     heads = [f"{n}{'*' if n > longest else ''}" for n in lengths]
     lines = ["| method | " + " | ".join(heads) + " | all lengths | per-seed mean (min-max) |",
              "|---|" + "---|" * (len(lengths) + 2)]
-    for name, row in summary["accuracy"].items():
+    for name, row in table.items():
         counts = row["counts"]
         cells = [_fmt_ci(*counts[n]) for n in lengths]
         c, n = sum(counts[x][0] for x in lengths), sum(counts[x][1] for x in lengths)
@@ -398,20 +509,32 @@ def accuracy_table(summary: dict) -> list[str]:
     return lines
 
 
+def diagnostics_table(by_method: dict) -> list[str]:
+    lines = ["| method | sink@1 start -> end | sink@4 start -> end | engagement start -> end | "
+             "evidence mass start -> end | evidence rank start -> end |", "|---|---|---|---|---|---|"]
+    for name, steps in by_method.items():
+        first, last = steps[min(steps)], steps[max(steps)]
+        cells = [f"{first.get(k, float('nan')):.4f} -> {last.get(k, float('nan')):.4f}"
+                 for k in ("sink_first", "sink", "context", "evidence")]
+        cells.append(f"{first.get('evidence_rank', float('nan')):.1f} -> "
+                     f"{last.get('evidence_rank', float('nan')):.1f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def cost_table(summary: dict) -> list[str]:
     per = defaultdict(list)
     for key, r in summary["runs"].items():
         per[key.split("|")[0]].append(r)
-    lines = ["| method | runs | train wall-clock s / run (mean) | x sft-causal | final train loss (mean) | eval s (all seeds) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | runs | train wall-clock s / run (mean) | x sft-causal | final train loss (mean) |",
+             "|---|---|---|---|---|"]
     ref = None
     for name, rs in per.items():
         wall = sum(r["wall_seconds"] for r in rs) / len(rs)
         ref = ref or (wall if name == "sft-causal" else None)
         loss = sum(r["train_loss"] for r in rs) / len(rs)
         ratio = f"{wall / ref:.2f}" if ref else "-"
-        ev = summary["accuracy"].get(name, {}).get("eval_seconds", 0.0)
-        lines.append(f"| {name} | {len(rs)} | {wall:.1f} | {ratio} | {loss:.4f} | {ev:.1f} |")
+        lines.append(f"| {name} | {len(rs)} | {wall:.1f} | {ratio} | {loss:.4f} |")
     return lines
 
 
@@ -432,90 +555,132 @@ def probe_table(summary: dict) -> list[str]:
     return lines
 
 
+def _pooled(row: dict, lengths: list[int]) -> tuple[float, int]:
+    return (sum(row["counts"][x][0] for x in lengths), sum(row["counts"][x][1] for x in lengths))
+
+
 def reading(summary: dict) -> list[str]:
     """Plain statements computed from the numbers (no hand-written claims about them)."""
-    out = []
-    lengths = summary["config"]["eval_lengths"]
-    longest = max(summary["config"]["train_lengths"])
-    chance = 100 / 6  # qa1 answers are one of six places
-    acc = {}
-    for name, row in summary["accuracy"].items():
-        counts = row["counts"]
-        c, n = sum(counts[x][0] for x in lengths), sum(counts[x][1] for x in lengths)
-        acc[name] = (c, n)
-    for name, (c, n) in acc.items():
-        lo, hi = wilson(c, n)
-        where = ("indistinguishable from chance" if lo <= chance <= hi else
-                 "above chance" if lo > chance else "below chance")
-        out.append(f"- {name}: {100 * c / n:.1f}% over all lengths, 95% CI [{lo:.0f}, {hi:.0f}] "
-                   f"({where}; chance on qa1 is about {chance:.0f}% if answers are spread over 6 places).")
-    ref = acc.get("sft-causal")
-    for name in ("sft-glm", "focusft", "focusft-context"):
-        if ref is None or name not in acc:
-            continue
-        a, b = wilson(*acc[name]), wilson(*ref)
-        overlap = a[0] <= b[1] and b[0] <= a[1]
-        diff = 100 * (acc[name][0] / acc[name][1] - ref[0] / ref[1])
-        out.append(f"- {name} vs sft-causal: {diff:+.1f} points; the 95% intervals "
-                   f"{'overlap, so this run does not separate them' if overlap else 'do not overlap'}.")
-    longer = [n for n in lengths if n > longest]
-    if longer and ref is not None:
-        for name, row in summary["accuracy"].items():
-            c = sum(row["counts"][x][0] for x in longer)
-            n = sum(row["counts"][x][1] for x in longer)
-            out.append(f"- {name} beyond the training lengths ({', '.join(map(str, longer))}): "
-                       f"{_fmt_ci(c, n)}.")
+    cfg, out = summary["config"], []
+    chance = 100 / 6  # the task's answers are one of six places
+    longest = max(cfg["train_lengths"])
+    for suite, lengths, what in (("task", cfg["heldout_lengths"], "the trained task"),
+                                 ("babilong", cfg["eval_lengths"], "BABILong transfer"),
+                                 ("ruler", cfg["ruler_lengths"], "RULER transfer")):
+        table = summary["accuracy"].get(suite) or {}
+        acc = {name: _pooled(row, lengths) for name, row in table.items()}
+        ref = acc.get("sft-causal")
+        for name, (c, n) in acc.items():
+            if not n:
+                continue
+            lo, hi = wilson(round(c), n)
+            extra = ""
+            if suite == "task":
+                extra = (" (chance about 17%: " + ("indistinguishable from chance" if lo <= chance <= hi
+                         else "above chance" if lo > chance else "below chance") + ")")
+            out.append(f"- {what}, {name}: {100 * c / n:.1f}% [{lo:.0f}, {hi:.0f}]{extra}.")
+        for name in ("sft-glm", "focusft", "focusft-context"):
+            if ref is None or name not in acc or not ref[1]:
+                continue
+            a, b = wilson(round(acc[name][0]), acc[name][1]), wilson(round(ref[0]), ref[1])
+            overlap = a[0] <= b[1] and b[0] <= a[1]
+            diff = 100 * (acc[name][0] / acc[name][1] - ref[0] / ref[1])
+            out.append(f"- {what}, {name} vs sft-causal: {diff:+.1f} points; the 95% intervals "
+                       f"{'overlap, so this run does not separate them' if overlap else 'do not overlap'}.")
+        if suite == "task":
+            longer = [n for n in lengths if n > longest]
+            for name, row in table.items():
+                if longer:
+                    out.append(f"- {name} beyond the training lengths ({', '.join(map(str, longer))}): "
+                               f"{_fmt_ci(*_pooled(row, longer))}.")
     for name, probes in summary["probes"].items():
         resp = [p for p in probes if p["objective"] == "response"]
         ctx = [p for p in probes if p["objective"] == "context"]
         if resp and ctx:
             fa = sum(p["after"]["follows_wrong"] for p in resp) / len(resp)
             ca = sum(p["after"]["follows_wrong"] for p in ctx) / len(ctx)
-            out.append(f"- leakage, {name}: after {summary['config']['probe_steps']} inner steps the "
-                       f"model follows a wrong label in {fa:.0f}% of probes with the response "
-                       f"objective and {ca:.0f}% with the context objective.")
+            out.append(f"- leakage, {name}: after {cfg['probe_steps']} inner steps the model "
+                       f"follows a wrong label in {fa:.0f}% of probes with the response objective "
+                       f"and {ca:.0f}% with the context objective.")
+    by_method = diagnostics_by_method(summary)
+    for name, steps in by_method.items():
+        first, last = steps[min(steps)], steps[max(steps)]
+        if first.get("sink_first") and last.get("sink_first") is not None:
+            out.append(f"- attention, {name}: first-token sink mass {first['sink_first']:.4f} -> "
+                       f"{last['sink_first']:.4f} (x{last['sink_first'] / first['sink_first']:.2f}), "
+                       f"evidence mass {first.get('evidence', float('nan')):.4f} -> "
+                       f"{last.get('evidence', float('nan')):.4f} over training.")
     return out
 
 
 def write_markdown(summary: dict, path: Path) -> None:
     cfg = summary["config"]
-    plot_rel = Path("results") / f"accuracy_vs_length_{cfg['label']}.png"
-    plot(summary, path.parent / plot_rel)
+    longest = max(cfg["train_lengths"])
+    plots = Path("results")
+    task_plot = plots / f"task_accuracy_vs_length_{cfg['label']}.png"
+    babi_plot = plots / f"babilong_accuracy_vs_length_{cfg['label']}.png"
+    diag_plot = plots / f"attention_over_training_{cfg['label']}.png"
+    plot_accuracy(summary["accuracy"]["task"], cfg["heldout_lengths"], longest,
+                  path.parent / task_plot, "context tokens")
+    if summary["accuracy"].get("babilong"):
+        plot_accuracy(summary["accuracy"]["babilong"], cfg["eval_lengths"], -1,
+                      path.parent / babi_plot, "noise tokens")
+    by_method = diagnostics_by_method(summary)
+    plot_diagnostics(by_method, path.parent / diag_plot)
     pre = summary.get("pretrain") or {}
     quick = cfg["label"] != "full"
-    lines = [f"# SFT vs FocuSFT in miniature — {cfg['label']} run", ""]
+    lines = [f"# SFT vs FocuSFT in miniature ({cfg['label']} run)", ""]
     if quick:
         lines += [f"> **This is the `{cfg['label']}` run: a tiny budget meant as a smoke test.** "
-                  "Its numbers are not evidence for or against FocuSFT, especially where they are "
-                  "at chance. The full configuration is `focusft experiment` without `--quick`.", ""]
+                  "Its numbers are not evidence for or against FocuSFT. The full configuration is "
+                  "`focusft experiment` without `--quick`.", ""]
+    base = (f"`{summary['base']}`, pretrained {pre.get('steps')} steps ({pre.get('parameters')} "
+            f"parameters, final loss {pre.get('final_loss')})" if pre else
+            "the embedded default model (6 layers, hidden 128), randomly initialised from each "
+            f"training seed; `{summary['base']}` holds seed {cfg['seeds'][0]}'s for the reference rows"
+            if cfg["base"] in (None, "scratch") else f"`{summary['base']}`")
     lines += ["## How these numbers were made", "",
               f"- command: `{summary['command']}`",
               f"- git commit: `{summary['commit']}`" + (" (working tree had uncommitted changes)"
                                                        if summary.get("dirty") else ""),
-              f"- total wall-clock: {summary['total_seconds']:.0f} s on this machine (2 shared CPU cores)",
-              f"- base: `{summary['base']}`"
-              + (f", pretrained {pre.get('steps')} steps x {pre['config']['batch_size']} rows x "
-                 f"{pre['config']['seq_len']} tokens ({pre.get('parameters')} parameters, final "
-                 f"loss {pre.get('final_loss')}, {pre.get('seconds')} s)" if pre else ""),
-              f"- training data: BABILong-style {', '.join(cfg['tasks'])}, split=train, noise lengths "
-              f"{cfg['train_lengths']} tokens, {cfg['train_samples']} samples per task and length, "
-              f"few-shot prompt {'on' if cfg['few_shot'] else 'off'}; longest training sample "
-              f"{summary['longest_train_tokens']} tokens",
+              f"- total wall-clock: {summary['total_seconds']:.0f} s on this machine (2 CPU cores)",
+              f"- base: {base}",
+              f"- training data: the embedded default's task (one fact hidden in distractor prose, "
+              f"'Where is X?', {cfg['n_people']} person(s)), {cfg['train_samples']} rows ordered "
+              f"from short to long contexts (lengths drawn from {cfg['train_lengths']} tokens), "
+              f"trained in order; longest training sample {summary['longest_train_tokens']} tokens",
               f"- budget per run (same for every method): {cfg['steps']} optimizer steps x batch "
-              f"{cfg['batch_size']}, AdamW lr {cfg['learning_rate']}, cosine, 10% warm-up; seeds "
-              f"{cfg['seeds']}; FocuSFT inner loop at the paper's defaults (K=2, SGD lr 1.0, rank 32, "
-              "alpha 64, top 35% of layers)",
-              f"- evaluation: test split, {cfg['eval_samples']} samples per task and length, greedy, "
-              "causal inference mask, BABILong scoring rule",
-              "", "## Accuracy (%) by noise length", "",
-              "Cells: accuracy pooled over seeds and samples, with the 95% **Wilson score** interval "
-              "in brackets (each (seed, sample) answer counted as one Bernoulli trial; seed-to-seed "
-              "spread is the last column). `*` marks lengths longer than any training sample's noise.",
-              "", *accuracy_table(summary), "",
-              f"![accuracy vs length]({plot_rel.as_posix()})", "",
+              f"{cfg['batch_size']}, AdamW lr {cfg['learning_rate']}, cosine, {cfg['warmup_steps']} "
+              f"warm-up steps; seeds {cfg['seeds']}; FocuSFT inner loop at the paper's defaults "
+              "(K=2, SGD lr 1.0, rank 32, alpha 64, top 35% of layers, MLP projections)",
+              f"- evaluation: greedy, causal inference mask, test splits; the task at "
+              f"{cfg['heldout_lengths']} tokens ({cfg['heldout_samples']} rows each); BABILong "
+              f"{', '.join(cfg['tasks'])} at noise {cfg['eval_lengths']} ({cfg['eval_samples']} "
+              f"each); RULER {', '.join(cfg['ruler_tasks'])} at {cfg['ruler_lengths']} "
+              f"({cfg['ruler_samples']} each)",
+              "",
+              "Cells: accuracy (%) pooled over seeds and samples, with the 95% **Wilson score** "
+              "interval in brackets (each (seed, sample) answer one Bernoulli trial; seed-to-seed "
+              "spread in the last column). `*`: longer than any training sample.", "",
+              "## The trained task, held out, by context length", "",
+              *accuracy_table(summary["accuracy"]["task"], cfg["heldout_lengths"], longest), "",
+              f"![task accuracy vs length]({task_plot.as_posix()})", ""]
+    if summary["accuracy"].get("babilong"):
+        lines += ["## Transfer: BABILong-style (never trained on), by noise length", "",
+                  *accuracy_table(summary["accuracy"]["babilong"], cfg["eval_lengths"], 10 ** 9), "",
+                  f"![babilong accuracy vs length]({babi_plot.as_posix()})", ""]
+    if summary["accuracy"].get("ruler"):
+        lines += ["## Transfer: RULER-style subset (official scores; CWE gives partial credit)", "",
+                  *accuracy_table(summary["accuracy"]["ruler"], cfg["ruler_lengths"], 10 ** 9), ""]
+    lines += ["## Attention during training", "",
+              "Measured by the training callback (`--diagnostics_steps`) on 8 held-out probe rows "
+              "at the longest training length, causal mask, mean over layers and seeds "
+              "(definitions: docs/diagnostics.md). Step 0 is the base model.", "",
+              *diagnostics_table(by_method), "",
+              f"![attention over training]({diag_plot.as_posix()})", "",
               "## Cost", "", *cost_table(summary), "",
               "## Leakage probe", "",
-              f"Held-out validation rows with a WRONG answer in the assistant turn; fresh fast weights "
+              f"Held-out rows with a WRONG answer in the assistant turn; fresh fast weights "
               f"adapted for {cfg['probe_steps']} SGD steps (lr {cfg['probe_lr']}, per-tensor clip 1.0) "
               "on that sample with the given inner objective, under the model's training mask. "
               "`follows wrong label`: greedy first answer token (teacher-forced at the answer "
@@ -524,8 +689,6 @@ def write_markdown(summary: dict, path: Path) -> None:
               "lowered without reading the context.", "", *probe_table(summary), "",
               "## Reading (computed from the tables above)", "", *reading(summary), "",
               "## What this run does not cover", "",
-              "- one task (qa1) unless `--tasks` says otherwise; no RULER subset (CWE) yet;",
-              "- no attention diagnostics (sink mass / engagement over training) in this report;",
               "- no sweeps of K, inner lr or fast-layer fraction; no validation-split tuning;",
               "- Wilson intervals treat seeds x samples as independent trials; with few seeds they "
               "understate between-seed variance.", ""]

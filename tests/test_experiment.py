@@ -19,11 +19,17 @@ def test_experiment_smoke_writes_report(tmp_path):
     assert code == 0
     summary = json.loads((out / "experiment.json").read_text())
     text = report.read_text()
-    assert (report.parent / "results" / "accuracy_vs_length_smoke.png").is_file()
+    for plot in ("task_accuracy_vs_length_smoke.png", "attention_over_training_smoke.png"):
+        assert (report.parent / "results" / plot).is_file()
     for method in METHODS:
         assert f"| {method} |" in text
-        assert method in summary["accuracy"]
+        for suite in ("task", "babilong", "ruler"):
+            assert method in summary["accuracy"][suite]
         assert {p["objective"] for p in summary["probes"][method]} == {"response", "context"}
         assert (out / "runs" / f"{method}-seed0" / "final" / "model.safetensors").is_file()
+        # diagnostics before the first step and after the only one
+        assert [r["step"] for r in summary["runs"][f"{method}|0"]["diagnostics"]] == [0, 1]
     assert "git commit" in text and "smoke" in text
-    assert all(n[1] > 0 for row in summary["accuracy"].values() for n in row["counts"].values())
+    for suite in ("task", "babilong", "ruler"):
+        rows = summary["accuracy"][suite].values()
+        assert all(n[1] > 0 for row in rows for n in row["counts"].values())

@@ -11,10 +11,11 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("--quick", action="store_true", help="tiny budget (< 10 min on 2 CPU cores), 1 seed")
     p.add_argument("--smoke", action="store_true", help="the smallest end-to-end run (tests)")
-    p.add_argument("--base", default=None, help="base checkpoint; default: pretrain one into OUT/base")
+    p.add_argument("--base", default=None, help="starting weights: 'scratch' (default: the embedded default model initialised "
+                        "from each seed), 'pretrain' (a focusft pretrain base in OUT/base) or a directory")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2; quick: 0)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
-    p.add_argument("--tasks", default=None, help="comma-separated BABILong tasks (default qa1)")
+    p.add_argument("--tasks", default=None, help="comma-separated BABILong transfer tasks (default qa1,qa2)")
     p.add_argument("--out", default=None, help="working directory (default runs/experiment)")
     p.add_argument("--report", default=None, help="markdown report (default docs/results.md)")
     p.set_defaults(func=run)
