@@ -1,7 +1,7 @@
 """`focusft bench`: step time and peak memory of SFT-causal, SFT-GLM and FocuSFT.
 
     focusft bench --lengths 1k,2k,4k,8k,16k --repeats 3 --warmup 1 --out docs
-    focusft bench --tiny --out /tmp/bench          # seconds: the CI smoke test
+    focusft bench --tiny --out runs/bench           # seconds: the CI smoke test
 
 Writes ``OUT/benchmark.json`` (every measurement, the resolved settings, the machine, the load)
 and ``OUT/benchmark.md`` (the tables). What is measured and how: `focusft.bench`.
