@@ -58,7 +58,12 @@ def adapted_layer_indices(num_layers: int, fraction: float) -> list[int]:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder's list of layers (``model.model.layers`` for Llama/Qwen-style models)."""
+    """The decoder's list of layers (``model.model.layers`` for Llama/Qwen-style models).
+
+    Engine wrappers (DDP, DeepSpeed) are looked through via their ``.module``.
+    """
+    while not hasattr(model, "get_decoder") and isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
