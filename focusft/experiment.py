@@ -73,9 +73,9 @@ class ExperimentConfig:
     # evaluation
     heldout_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     heldout_samples: int = 64  # per length (the same test rows for every model)
-    tasks: list[str] = field(default_factory=lambda: ["qa1", "qa2"])  # BABILong transfer
-    eval_lengths: list[int] = field(default_factory=lambda: [0, 1024, 2048])
-    eval_samples: int = 20  # per task and length
+    tasks: list[str] = field(default_factory=lambda: ["qa1", "qa2", "qa3", "qa4", "qa5"])  # BABILong
+    eval_lengths: list[int] = field(default_factory=lambda: [0, 1024, 2048, 4096])
+    eval_samples: int = 16  # per task and length
     ruler_tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "cwe"])
     ruler_lengths: list[int] = field(default_factory=lambda: [1024])
     ruler_samples: int = 10

@@ -15,7 +15,7 @@ def register(subparsers) -> None:
                         "from each seed), 'pretrain' (a focusft pretrain base in OUT/base) or a directory")
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2; quick: 0)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
-    p.add_argument("--tasks", default=None, help="comma-separated BABILong transfer tasks (default qa1,qa2)")
+    p.add_argument("--tasks", default=None, help="comma-separated BABILong transfer tasks (default qa1-qa5)")
     p.add_argument("--out", default=None, help="working directory (default runs/experiment)")
     p.add_argument("--report", default=None, help="markdown report (default docs/results.md)")
     p.set_defaults(func=run)
