@@ -1,4 +1,4 @@
-"""`focusft experiment --smoke` end to end: pretrain, four methods, eval, leakage probe, report."""
+"""`focusft experiment --smoke` end to end: base, four methods, eval, leakage probe, report."""
 
 import json
 
