@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
 from .errors import UserError
@@ -60,10 +61,9 @@ def adapted_layer_indices(num_layers: int, fraction: float) -> list[int]:
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder's list of layers (``model.model.layers`` for Llama/Qwen-style models).
 
-    Engine wrappers (DDP, DeepSpeed) are looked through via their ``.module``.
+    Engine wrappers (DDP, DeepSpeed, torch.compile) are looked through.
     """
-    while not hasattr(model, "get_decoder") and isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
     layers = getattr(decoder, "layers", None)
     if not isinstance(layers, nn.ModuleList):
