@@ -407,3 +407,24 @@ def kept_layouts(model: nn.Module):
     finally:
         for m, layout in zip(mods, saved):
             setattr(m, _STASH, layout)
+
+
+# ------------------------------------------------------------------------- the eager reference
+def eager_mask(model: nn.Module, allowed: torch.Tensor, dtype=torch.float32):
+    """The additive mask the model's eager attention takes for a (B, S, S) boolean `allowed`:
+    one (B, 1, S, S) tensor, or one per layer type when the model mixes full and sliding layers
+    (a sliding layer additionally hides keys k <= q - window, as transformers' own mask does)."""
+    config = unwrap(model).config
+    types = set(getattr(config, "layer_types", None) or [])
+    window = getattr(config, "sliding_window", None)
+
+    def additive(ok, win):
+        if win:
+            q = torch.arange(ok.shape[-2], device=ok.device)[:, None]
+            ok = ok & (torch.arange(ok.shape[-1], device=ok.device)[None] > q - win)
+        return torch.where(ok, 0.0, torch.finfo(dtype).min).to(dtype)[:, None]
+
+    if "sliding_attention" in types:
+        return {"full_attention": additive(allowed, None),
+                "sliding_attention": additive(allowed, window)}
+    return additive(allowed, window if types <= {"sliding_attention"} else None)

@@ -72,22 +72,9 @@ def allowed(loss_mask, n, causal):
     return out
 
 
-def additive(ok, window=None):
-    if window:
-        q = torch.arange(ok.shape[-2])[:, None]
-        ok = ok & (torch.arange(ok.shape[-1])[None] > q - window)
-    mask = torch.where(ok, 0.0, torch.finfo(torch.float32).min)
-    return mask[:, None] if mask.dim() == 3 else mask[None, None]  # (B or 1, 1, S, S)
-
-
 def ref_mask(model, ok):
-    """The model's eager mask argument: one 4-D mask, or one per layer type."""
-    cfg = model.config
-    types = set(getattr(cfg, "layer_types", None) or [])
-    window = getattr(cfg, "sliding_window", None)
-    if "sliding_attention" in types:
-        return {"full_attention": additive(ok), "sliding_attention": additive(ok, window)}
-    return additive(ok, window if types <= {"sliding_attention"} else None)
+    """The model's eager mask argument for a (S, S) or (B, S, S) boolean mask."""
+    return models.eager_mask(model, ok if ok.dim() == 3 else ok[None])
 
 
 def ref_logits_and_router(model, ids, ok, aux: bool):
