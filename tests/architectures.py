@@ -71,15 +71,19 @@ SPECS: dict[str, tuple[str, dict]] = {
 ALWAYS_SCALED = {"gemma2-attn-softcap"}  # the attention soft-cap binds only with larger scores
 
 
-def make_config(name: str):
+def make_config(name: str, **extra):
     cls_name, overrides = SPECS[name]
     cls = getattr(transformers, cls_name)
-    kwargs = {k: v for k, v in {**COMMON, **overrides}.items() if v is not None or k != "head_dim"}
+    kwargs = {**COMMON, **overrides, **extra}
+    kwargs = {k: v for k, v in kwargs.items() if v is not None or k != "head_dim"}
+    if cls_name == "GPT2Config":
+        kwargs["vocab_size"] = kwargs.get("vocab_size")
     return cls(**kwargs)
 
 
-def build(name: str, seed: int = 0, scaled: bool = False):
-    config = make_config(name)
+def build(name: str, seed: int = 0, scaled: bool = False, **extra):
+    """A tiny random model of architecture `name`; `extra` overrides config fields (e.g. vocab)."""
+    config = make_config(name, **extra)
     torch.manual_seed(seed)
     try:
         model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
