@@ -288,4 +288,7 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 
 def use_focusft_attention(model) -> None:
     """Switch `model` (a transformers PreTrainedModel) to the block-prefix attention."""
+    from . import models
+
     model.set_attn_implementation(NAME)
+    models.prepare(model)  # families whose layers drop layout= get it passed on

@@ -74,8 +74,15 @@ class FocusConfig(TrainingArguments):
     fast_layer_fraction: float = field(default=0.35, metadata=_help(
         "Fraction of top decoder layers with fast weights: layers int(L*(1-f)) .. L-1."))
     fast_target_modules: list[str] = field(
-        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"],
-        metadata=_help("Names of the Linear modules in each adapted layer that get fast weights."))
+        default_factory=lambda: ["auto"],
+        metadata=_help("Names of the Linear modules in each adapted layer that get fast weights; "
+                       "auto: every Linear of the layer's MLP (gate_proj, up_proj, down_proj on "
+                       "Llama-style models), the attention projections in mixture-of-experts "
+                       "layers (README 'Supported models')."))
+    skip_model_check: bool = field(default=False, metadata=_help(
+        "UNSAFE: skip the model self-check before the first step (focusft's attention, inner-loop "
+        "logits and loss compared with the model's own eager forward on a tiny probe). Without it "
+        "an unsupported architecture can train silently wrong."))
     leak_warn_ratio: float = field(default=0.1, metadata=_help(
         "Warn when the outer loss stays below this fraction of the base (pre-adaptation) loss."))
     leak_warn_patience: int = field(default=3, metadata=_help(

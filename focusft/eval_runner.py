@@ -139,6 +139,10 @@ def evaluate(models: list[str], spec: EvalSpec) -> dict:
     results = {"spec": asdict(spec), "models": {}}
     for path in models:
         model, tokenizer = load_checkpoint(path, spec.trust_remote_code)
+        if "prefix" in spec.masks:  # prefilled under the training mask: focusft's attention
+            from .selfcheck import check_attention
+
+            check_attention(model, "glm", where=f"--model {path}: ")
         rows = make_rows(spec, tokenizer)
         for mode in spec.masks:
             start = time.perf_counter()
