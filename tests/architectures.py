@@ -101,15 +101,7 @@ def build(name: str, seed: int = 0, scaled: bool = False, **extra):
 
 
 # Cases that need attention features the block-prefix attention does not have yet.
-PENDING = {
-    "mistral-sliding-long": "sliding-window attention (refused even when the window is longer "
-                            "than the sequence)",
-    "mistral-sliding": "sliding-window attention",
-    "gemma2-sliding": "sliding-window attention",
-    "cohere2-sliding": "sliding-window attention",
-    "gemma2-attn-softcap": "attention logit soft-capping",
-    "gpt-oss": "learned attention sinks",
-}
+PENDING: dict[str, str] = {}
 # Refused with a UserError whose message matches the pattern.
 REFUSED = {
     "llama4-text": "chunked attention",
