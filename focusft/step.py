@@ -158,6 +158,12 @@ def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | tor
 
     Returns (loss, n_tokens). With num_items=None the loss is this batch's token mean.
     """
+    logits, kept = outer_logits(model, batch, layout)
+    return logits_loss(logits, kept, num_items)
+
+
+def outer_logits(model, batch: dict, layout: AttentionLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, P, V) at the P positions that carry loss in some row, and the labels there (B, P)."""
     labels = batch["labels"]
     keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
     # The last layer matters only where logits are taken (also for the response-objective
@@ -165,8 +171,12 @@ def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | tor
     layout = layout.with_tail((labels != -100).cpu(), len(decoder_layers(model)) - 1)
     out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,
                 logits_to_keep=keep, use_cache=False)
-    kept = labels[:, keep]  # (B, P)
-    loss_sum = F.cross_entropy(out.logits.float().flatten(0, 1), kept.flatten(),
+    return out.logits, labels[:, keep]
+
+
+def logits_loss(logits: torch.Tensor, kept: torch.Tensor, num_items) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of CE / num_items, number of loss tokens); num_items=None: the token mean."""
+    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), kept.flatten(),
                                ignore_index=-100, reduction="sum")
     n_tokens = (kept != -100).sum()
     denom = n_tokens.clamp(min=1) if num_items is None else num_items

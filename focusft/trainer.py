@@ -31,7 +31,7 @@ from .config import FocusConfig
 from .faults import NonFiniteLossGuard, atomic_checkpoint
 from .fast_weights import FastWeights
 from .inner import InnerConfig
-from .step import BilevelStep, arm_inner, batch_layout, outer_loss
+from .step import BilevelStep, arm_inner, batch_layout, logits_loss, outer_logits, outer_loss
 
 logger = logging.getLogger("focusft")
 
@@ -94,6 +94,7 @@ class FocusTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self.meter = StepMeter()
         self._leak_windows = 0
+        self._focus_eval: torch.Tensor | None = None  # (CE sum, tokens) while evaluating
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
@@ -111,12 +112,52 @@ class FocusTrainer(Trainer):
         layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
         if self.bilevel is not None:
             self._prepare_inner(inputs, model.training)
-        loss, n_tokens = outer_loss(model, inputs, layout, num_items_in_batch)
+        logits, kept = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
+        loss, n_tokens = logits_loss(logits, kept, num_items_in_batch)
         if model.training:
             self._record(inputs, loss, n_tokens, num_items_in_batch)
+        elif self._focus_eval is not None:
+            self._eval_with_inner_loop(model, inputs, layout)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages; we want the global sum
-        return (loss, None) if return_outputs else loss
+        return (loss, {"loss": loss, "logits": logits}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """As the Trainer's; logits come only at the loss positions, so labels are cut to match.
+
+        ``predictions[b, j]`` is the distribution of ``label_ids[b, j]`` (labels are already
+        shifted: the label of a position is the next token).
+        """
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if logits is not None and torch.is_tensor(labels):
+            labels = labels[:, (labels != -100).any(0)]
+        return loss, logits, labels
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's loop, plus ``<prefix>_focus_loss`` (the loss with the inner loop active)."""
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        if self.bilevel is not None and self.args.eval_inner_loop:
+            self._focus_eval = torch.zeros(2, device=self.args.device)  # (CE sum, tokens)
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+            totals = self._focus_eval
+        finally:
+            self._focus_eval = None
+        if totals is not None:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+            output.metrics[f"{prefix}_focus_loss"] = float(totals[0] / totals[1].clamp(min=1))
+        return output
+
+    def _eval_with_inner_loop(self, model, inputs, layout) -> None:
+        """Outer loss after the inner loop adapted each eval sample's fast weights (seeded by id)."""
+        seeds = [sample_seed(self.args.seed, 0, int(s)) for s in inputs["sample_ids"].tolist()]
+        arm_inner(self.fast, self.bilevel, inputs, seeds, self.args.inner_objective,
+                  self.args.attention_kernel)
+        try:
+            loss, n_tokens = outer_loss(model, inputs, layout, None)
+        finally:
+            self.fast.clear()
+        self._focus_eval += torch.stack([loss.detach() * n_tokens, n_tokens.to(loss.dtype)])
 
     def _prepare_inner(self, inputs: dict, training: bool) -> None:
         if not training:  # evaluation measures the model that is saved: no fast weights
