@@ -73,8 +73,15 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def find_targets(layer: nn.Module, names: tuple[str, ...], layer_idx: int) -> list[nn.Linear]:
-    """The Linear submodules of `layer` whose attribute name is one of `names`."""
-    found = {n.rsplit(".", 1)[-1]: m for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    """The Linear submodules of `layer` whose attribute name is one of `names`.
+
+    An adapter wrapper (a PEFT LoRA layer: a module with ``base_layer``) is the target as a
+    whole, under its own name; the Linears inside it are not candidates.
+    """
+    wrappers = [n for n, m in layer.named_modules() if hasattr(m, "base_layer")]
+    found = {n.rsplit(".", 1)[-1]: m for n, m in layer.named_modules()
+             if (isinstance(m, nn.Linear) or n in wrappers)
+             and not any(n.startswith(w + ".") for w in wrappers)}
     missing = [n for n in names if n not in found]
     if missing:
         raise UserError(f"layer {layer_idx} has no Linear named {missing} for fast weights "
@@ -127,10 +134,12 @@ class FastWeights:
         `segments` (packed rows): per row, the (start, end, sample n) spans of its samples.
         """
         self.segments = segments
-        device = device or self.slots[0].module.weight.device
+        device = device or _device_of(self.slots[0].module)
         gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         for slot in self.slots:
-            out_f, in_f = slot.module.weight.shape
+            # in/out features, never the weight's shape: a quantized (packed) or sharded weight
+            # does not have the layer's shape.
+            out_f, in_f = slot.module.out_features, slot.module.in_features
             bound = 1.0 / math.sqrt(in_f)  # kaiming_uniform_(a=sqrt(5)) on an (r, in) weight
             slot.a = torch.stack([
                 torch.empty(self.rank, in_f, device=device).uniform_(-bound, bound, generator=g)
@@ -168,6 +177,10 @@ class FastWeights:
             handle.remove()
         self._hooks.clear()
         self.clear()
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _packed_delta(x, a, b, segments) -> torch.Tensor:

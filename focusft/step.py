@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .checkpointing import inner_checkpointing
 from .distributed import nested_fsdp_call
 from .fast_weights import FastWeights, decoder_layers
 from .inner import InnerConfig, InnerStats, inner_loop
@@ -118,7 +119,7 @@ class BilevelStep:
         # The outer forward may run under activation checkpointing (no-grad or saved-tensor
         # hooks); the inner loop builds and consumes its own ordinary graph.
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
-                nested_fsdp_call(module):  # FSDP2: the top layers are called again (re-entry)
+                nested_fsdp_call(module), inner_checkpointing(self.layers):  # FSDP2: re-entry
             if job.layout is not None:
                 kwargs["layout"] = job.layout
                 hidden = self._bottom(self._embeds, kwargs)
