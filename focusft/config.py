@@ -27,6 +27,7 @@ CHOICES = {
     "inner_clip_mode": ("tensor", "global"),
     "inner_objective": ("response", "context"),
     "diagnostics_mask": ("causal", "glm"),
+    "bnb_4bit_quant_type": ("nf4", "fp4"),
 }
 
 
@@ -51,6 +52,26 @@ class FocusConfig(TrainingArguments):
         "attention across samples; each keeps its own fast weights and positions)."))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "Allow model/tokenizer code from the model directory to run. Off unless you ask."))
+    # --- outer PEFT: LoRA / QLoRA as what the outer loop trains (TRL's names) --------------
+    use_peft: bool = field(default=False, metadata=_help(
+        "Train LoRA adapters (the outer loop) instead of the full model; the fast weights of "
+        "the inner loop are unchanged and may sit on the same Linears."))
+    lora_r: int = field(default=16, metadata=_help("Outer LoRA rank."))
+    lora_alpha: int = field(default=32, metadata=_help("Outer LoRA alpha (scale alpha / r)."))
+    lora_dropout: float = field(default=0.05, metadata=_help("Outer LoRA dropout."))
+    lora_target_modules: list[str] | None = field(default=None, metadata=_help(
+        "Module names for the outer LoRA (e.g. q_proj v_proj, or all-linear). Unset: PEFT's "
+        "default for the architecture."))
+    load_in_4bit: bool = field(default=False, metadata=_help(
+        "Load the base model 4-bit with bitsandbytes (QLoRA; needs --use_peft)."))
+    load_in_8bit: bool = field(default=False, metadata=_help(
+        "Load the base model 8-bit with bitsandbytes (needs --use_peft)."))
+    bnb_4bit_quant_type: str = field(default="nf4", metadata=_help("4-bit quantization: nf4 | fp4."))
+    use_bnb_nested_quant: bool = field(default=False, metadata=_help(
+        "Quantize the 4-bit quantization constants too (double quantization)."))
+    merge_adapter: bool = field(default=False, metadata=_help(
+        "With PEFT: save final/ as a plain model with the adapter merged into the (unquantized) "
+        "base. Default: save the adapter alone."))
     # --- the method ----------------------------------------------------------------------
     method: str = field(default="focusft", metadata=_help(
         "focusft (bilevel: inner fast-weight loop, then the SFT update) | sft (plain SFT)."))

@@ -18,7 +18,7 @@ Packed rows (several samples in one row) keep one factor pair per *sample*: each
 span of the row is multiplied by its own factors, so packing changes nothing per sample.
 
 Lifecycle (`FastWeights`):
-    inject(model, ...)   hooks on the target Linears of the top layers
+    inject(model, ...)   hooks on the target Linears of the top layers (install() re-hooks)
     reset(seeds)         per micro-batch: A_n ~ Kaiming-uniform(a=sqrt(5)) from sample n's own
                          seed, B_n = 0, so the model starts unchanged
     tensors()            the fast tensors, in a fixed order, for the inner loop
@@ -105,10 +105,13 @@ class FastWeights:
         self.slots: list[FastLinear] = []
         self._hooks = []
         for idx in self.layer_indices:
-            for linear in find_targets(layers[idx], tuple(target_modules), idx):
-                slot = FastLinear(linear)
-                self.slots.append(slot)
-                self._hooks.append(linear.register_forward_hook(self._hook(slot)))
+            self.slots += [FastLinear(m) for m in find_targets(layers[idx], tuple(target_modules), idx)]
+        self.install()
+
+    def install(self) -> None:
+        """Hook every target (again, after `strip`); a no-op when hooked."""
+        if not self._hooks:
+            self._hooks = [s.module.register_forward_hook(self._hook(s)) for s in self.slots]
 
     @property
     def first_layer(self) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import datasets
 
+from . import adapters
 from .config import FocusConfig
 from .data import Collator, load_rows, tokenize_rows
 from .errors import UserError
@@ -34,7 +35,8 @@ logger = logging.getLogger("focusft")
 
 
 def load_model_and_tokenizer(cfg: FocusConfig):
-    """The model to train: a local directory / hub name, or the embedded default."""
+    """The model to train: a local directory / hub name / adapter directory, or the embedded default."""
+    quantization = adapters.quantization_config(cfg)  # validates the PEFT / k-bit flags
     if cfg.model is None:
         from . import default
 
@@ -42,11 +44,16 @@ def load_model_and_tokenizer(cfg: FocusConfig):
         return default.build_default_model(tokenizer, seed=cfg.seed), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kwargs = dict(trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                  dtype="bfloat16" if cfg.bf16 else "float32")
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.model, trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
-            dtype="bfloat16" if cfg.bf16 else "float32")
+        if adapters.is_adapter_dir(cfg.model):
+            model = adapters.load_adapter_model(cfg.model, cfg, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
     except (OSError, ValueError) as err:
         local = "" if Path(cfg.model).expanduser().exists() else "no such local directory, and "
         raise UserError(f"--model {cfg.model}: cannot load a causal LM with its tokenizer "
@@ -114,7 +121,10 @@ def save_final(trainer, tokenizer, cfg: FocusConfig) -> Path:
     """Write the plain HF model + tokenizer + focusft.yaml to output_dir/final, atomically."""
     final = Path(cfg.output_dir) / "final"
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=cfg.output_dir))
-    trainer.save_model(str(tmp))
+    if cfg.merge_adapter and adapters.is_peft_model(trainer.model):
+        adapters.save_merged(trainer.model, str(tmp))
+    else:
+        trainer.save_model(str(tmp))  # with PEFT: the adapter (adapter_config.json + weights)
     tokenizer.save_pretrained(str(tmp))
     (tmp / "focusft.yaml").write_text(cfg.to_yaml())
     if final.exists():

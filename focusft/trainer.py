@@ -17,6 +17,7 @@ gradient accumulation, distribution, checkpointing and the loggers. This class o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -26,11 +27,13 @@ from collections import defaultdict
 import torch
 from transformers import Trainer
 
-from . import attention  # noqa: F401  (registers the "focusft" attention implementation)
+from . import adapters, attention  # attention: registers the "focusft" implementation
 from .config import FocusConfig
+from .data import Collator
 from .faults import NonFiniteLossGuard, atomic_checkpoint
 from .fast_weights import FastWeights
 from .inner import InnerConfig
+from .inputs import COLUMNS, as_focus_config, prepare_dataset, resolve_model
 from .step import BilevelStep, arm_inner, batch_layout, logits_loss, outer_logits, outer_loss
 
 logger = logging.getLogger("focusft")
@@ -50,11 +53,21 @@ def inner_config(cfg: FocusConfig) -> InnerConfig:
                        clip_mode=cfg.inner_clip_mode, objective=cfg.inner_objective)
 
 
-def attach_fast_weights(model, cfg: FocusConfig) -> tuple[FastWeights, BilevelStep]:
-    fast = FastWeights(model, rank=cfg.fast_rank, alpha=cfg.fast_alpha, dropout=cfg.fast_dropout,
+def make_fast_weights(model, cfg: FocusConfig) -> FastWeights:
+    return FastWeights(model, rank=cfg.fast_rank, alpha=cfg.fast_alpha, dropout=cfg.fast_dropout,
                        layer_fraction=cfg.fast_layer_fraction,
                        target_modules=tuple(cfg.fast_target_modules))
+
+
+def attach_fast_weights(model, cfg: FocusConfig) -> tuple[FastWeights, BilevelStep]:
+    fast = make_fast_weights(model, cfg)
     return fast, BilevelStep(model, fast, inner_config(cfg))
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer.pad_token_id
 
 
 class StepMeter:
@@ -79,13 +92,38 @@ class StepMeter:
 
 
 class FocusTrainer(Trainer):
+    """``FocusTrainer(model, args, train_dataset=..., eval_dataset=..., processing_class=...,
+    peft_config=...)``, then ``train()`` / ``evaluate()`` / ``predict()`` / ``save_model()``.
+
+    Accepts what TRL's SFTTrainer accepts (see `focusft.inputs`): a model or its name, a
+    `FocusConfig` or plain ``TrainingArguments``, datasets of chat rows (tokenized and collated
+    here). The focusft attention and the fast-weight hooks are on the model only inside
+    ``train`` / ``evaluate`` / ``predict``: outside them it is the plain model it was.
+    """
+
     args: FocusConfig
 
-    def __init__(self, model, args: FocusConfig, **kwargs):
-        attention.use_focusft_attention(model)
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
+        args = as_focus_config(args)
+        model, processing_class = resolve_model(model, processing_class, args)
+        if peft_config is None and not adapters.is_peft_model(model):  # an adapter continues as is
+            peft_config = adapters.lora_config(args)
+        if peft_config is not None:
+            model = adapters.wrap(model, peft_config, args)
+        train_dataset = prepare_dataset(train_dataset, processing_class, args, "train_dataset")
+        eval_dataset = prepare_dataset(eval_dataset, processing_class, args, "eval_dataset")
+        if data_collator is None:
+            data_collator = Collator(pad_id=_pad_id(processing_class),
+                                     pack_to=args.max_length if args.packing else None)
+        self.fast = self.bilevel = None
+        self._attached, self._attn_before = 0, None
         # Fast weights first: a model that cannot host them fails before Trainer makes output_dir.
-        self.fast, self.bilevel = (attach_fast_weights(model, args) if args.bilevel else (None, None))
-        super().__init__(model=model, args=args, **kwargs)
+        self._attach(model, args)
+        self._detach(model)
+        super().__init__(model=model, args=args, data_collator=data_collator,
+                         train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, **kwargs)
         self.loss_guard = NonFiniteLossGuard()
         self.add_callback(self.loss_guard)
         # Our labels are already shifted by the collator and our compute_loss normalises by
@@ -95,6 +133,52 @@ class FocusTrainer(Trainer):
         self.meter = StepMeter()
         self._leak_windows = 0
         self._focus_eval: torch.Tensor | None = None  # (CE sum, tokens) while evaluating
+
+    # -- the focusft attention and fast weights, only while the Trainer runs the model -------
+    def _attach(self, model, args) -> None:
+        if self._attached == 0:
+            self._attn_before = model.config._attn_implementation
+            attention.use_focusft_attention(model)
+            if args.bilevel:
+                if self.fast is None:
+                    self.fast = make_fast_weights(model, args)
+                self.fast.install()
+                self.bilevel = BilevelStep(model, self.fast, inner_config(args))
+        self._attached += 1
+
+    def _detach(self, model) -> None:
+        self._attached -= 1
+        if self._attached == 0:
+            if self.fast is not None:
+                self.fast.strip()
+                self.bilevel.remove()
+            model.set_attn_implementation(self._attn_before)
+
+    @contextlib.contextmanager
+    def _focus_mode(self):
+        model = self.model
+        self._attach(model, self.args)
+        try:
+            yield
+        finally:
+            self._detach(model)
+
+    def train(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().predict(*args, **kwargs)
+
+    def _set_signature_columns_if_needed(self):
+        # remove_unused_columns=True keeps what our collator reads (not the model's arguments).
+        if self._signature_columns is None:
+            self._signature_columns = list(COLUMNS)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
@@ -110,7 +194,7 @@ class FocusTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
-        if self.bilevel is not None:
+        if self.bilevel is not None and self._attached:
             self._prepare_inner(inputs, model.training)
         logits, kept = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
         loss, n_tokens = logits_loss(logits, kept, num_items_in_batch)
