@@ -127,7 +127,6 @@ class FocusConfig(TrainingArguments):
     per_device_train_batch_size: int = field(default=1, metadata=_help("Samples per device per micro-batch."))
     logging_steps: float = field(default=10, metadata=_help("Log every N optimizer steps."))
     save_strategy: str = field(default="no", metadata=_help("no | steps | epoch (the final model is always saved)."))
-    remove_unused_columns: bool = field(default=False, metadata=_help("Kept False: the step needs loss_mask and sample_ids."))
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -152,8 +151,12 @@ class FocusConfig(TrainingArguments):
         return self.method == "focusft"
 
     def to_yaml(self) -> str:
-        """The resolved configuration: every field of this class, as written next to checkpoints."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        """The resolved configuration, as written next to checkpoints; reads back as ``--config``.
+
+        Every field (enums as their values, the accelerator config as a mapping), except the
+        secrets (``*_token``), which are never written.
+        """
+        values = {k: v for k, v in self.to_dict().items() if not k.endswith("_token")}
         return yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True)
 
 
@@ -190,7 +193,7 @@ def yaml_to_flags(path: str) -> list[str]:
         raise UserError(f"--config {path}: unknown key(s) {unknown}; see `focusft train --help`")
     flags = []
     for key, value in values.items():
-        if value is None:
+        if value is None or value == []:  # unset, or an empty list (every such default is empty)
             continue
         if isinstance(value, list):
             flags += [f"--{key}", *map(str, value)]

@@ -23,6 +23,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from transformers import Trainer
@@ -174,6 +175,19 @@ class FocusTrainer(Trainer):
     def predict(self, *args, **kwargs):
         with self._focus_mode():
             return super().predict(*args, **kwargs)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """The card ``push_to_hub`` uploads: focusft's (method, base, data, config, metrics, loading)."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import model_card
+
+        metrics = {k: v for h in self.state.log_history for k, v in h.items()
+                   if k.startswith("eval_") or k == "train_loss"}  # the last value of each
+        out = Path(self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "README.md").write_text(model_card(self.args, metrics, adapters.is_peft_model(self.model)))
+        (out / "focusft.yaml").write_text(self.args.to_yaml())
 
     def _set_signature_columns_if_needed(self):
         # remove_unused_columns=True keeps what our collator reads (not the model's arguments).

@@ -99,6 +99,8 @@ def test_lora_on_attention_or_on_the_fast_targets(setup, targets):
     base_unchanged_and_adapter_trained(setup, out / "final")
     history = logs(out / "checkpoint-4")
     assert len(history) == 4 and all(h["inner_grad_norm_1"] > 1e-4 for h in history)
+    card = (out / "final" / "README.md").read_text()
+    assert "library_name: peft" in card and "AutoPeftModelForCausalLM" in card and "`lora_r` | `4`" in card
     keys = load_file(out / "final" / "adapter_model.safetensors").keys()
     assert any(t in k for k in keys for t in targets)
 
