@@ -29,6 +29,14 @@ import torch
 from .errors import UserError
 
 
+def require(module: str, flag: str) -> None:
+    """`module` importable, else a UserError naming the flag and the install command."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"{flag} needs the {module} package: pip install 'focusft[peft]'")
+
+
 def is_adapter_dir(path: str | None) -> bool:
     return path is not None and (Path(path) / "adapter_config.json").is_file()
 
@@ -45,6 +53,8 @@ def quantization_config(cfg):
     if cfg.model is None:
         raise UserError("--load_in_4bit / --load_in_8bit need --model (a saved model to quantize "
                         "while loading); the embedded default is built in memory")
+    require("bitsandbytes", "--load_in_4bit / --load_in_8bit")
+    require("peft", "--load_in_4bit / --load_in_8bit")
     from transformers import BitsAndBytesConfig
 
     if cfg.load_in_8bit:
@@ -58,6 +68,7 @@ def lora_config(cfg):
     """PEFT LoraConfig from the TRL-named flags (None without --use_peft)."""
     if not cfg.use_peft:
         return None
+    require("peft", "--use_peft")
     from peft import LoraConfig
 
     return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
@@ -83,6 +94,7 @@ def base_of_adapter(path: str) -> str:
 
 def load_adapter_model(path: str, cfg, **load_kwargs):
     """An adapter directory, loaded trainable on its base (quantized as the flags ask)."""
+    require("peft", f"--model {path} (a PEFT adapter directory)")
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -101,7 +113,11 @@ def wrap(model, peft_config, cfg):
                         "--use_peft to continue training them, or merge them first")
     if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
         model = _prepare_kbit(model, cfg)
-    return get_peft_model(model, peft_config)
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as err:  # e.g. a target module the model does not have
+        raise UserError(f"--lora_target_modules {getattr(peft_config, 'target_modules', None)}: PEFT "
+                        f"cannot place LoRA on this model: {str(err).splitlines()[0]}") from None
 
 
 def _prepare_kbit(model, cfg):

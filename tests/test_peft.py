@@ -167,3 +167,11 @@ def test_kbit_base_carries_fast_weights_on_its_lora_layers(setup, tmp_path, flag
     trainer.train()
     assert {type(s.module.base_layer).__name__ for s in trainer.fast.slots} == {layer}
     assert all(h["inner_grad_norm_1"] > 1e-4 for h in trainer.state.log_history if "loss" in h)
+
+
+def test_unknown_lora_target_is_a_user_error(setup, capsys):
+    code = main(["train", "--model", str(setup / "model"), "--data", str(setup / "train.jsonl"),
+                 "--output_dir", str(setup / "bad-target"), "--use_peft", "--lora_target_modules", "nope_proj"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--lora_target_modules" in err and "nope_proj" in err
+    assert not (setup / "bad-target").exists()
