@@ -27,6 +27,7 @@ CHOICES = {
     "inner_clip_mode": ("tensor", "global"),
     "inner_objective": ("response", "context"),
     "diagnostics_mask": ("causal", "glm"),
+    "bnb_4bit_quant_type": ("nf4", "fp4"),
 }
 
 
@@ -51,6 +52,26 @@ class FocusConfig(TrainingArguments):
         "attention across samples; each keeps its own fast weights and positions)."))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "Allow model/tokenizer code from the model directory to run. Off unless you ask."))
+    # --- outer PEFT: LoRA / QLoRA as what the outer loop trains (TRL's names) --------------
+    use_peft: bool = field(default=False, metadata=_help(
+        "Train LoRA adapters (the outer loop) instead of the full model; the fast weights of "
+        "the inner loop are unchanged and may sit on the same Linears."))
+    lora_r: int = field(default=16, metadata=_help("Outer LoRA rank."))
+    lora_alpha: int = field(default=32, metadata=_help("Outer LoRA alpha (scale alpha / r)."))
+    lora_dropout: float = field(default=0.05, metadata=_help("Outer LoRA dropout."))
+    lora_target_modules: list[str] | None = field(default=None, metadata=_help(
+        "Module names for the outer LoRA (e.g. q_proj v_proj, or all-linear). Unset: PEFT's "
+        "default for the architecture."))
+    load_in_4bit: bool = field(default=False, metadata=_help(
+        "Load the base model 4-bit with bitsandbytes (QLoRA; needs --use_peft)."))
+    load_in_8bit: bool = field(default=False, metadata=_help(
+        "Load the base model 8-bit with bitsandbytes (needs --use_peft)."))
+    bnb_4bit_quant_type: str = field(default="nf4", metadata=_help("4-bit quantization: nf4 | fp4."))
+    use_bnb_nested_quant: bool = field(default=False, metadata=_help(
+        "Quantize the 4-bit quantization constants too (double quantization)."))
+    merge_adapter: bool = field(default=False, metadata=_help(
+        "With PEFT: save final/ as a plain model with the adapter merged into the (unquantized) "
+        "base. Default: save the adapter alone."))
     # --- the method ----------------------------------------------------------------------
     method: str = field(default="focusft", metadata=_help(
         "focusft (bilevel: inner fast-weight loop, then the SFT update) | sft (plain SFT)."))
@@ -83,6 +104,10 @@ class FocusConfig(TrainingArguments):
         "UNSAFE: skip the model self-check before the first step (focusft's attention, inner-loop "
         "logits and loss compared with the model's own eager forward on a tiny probe). Without it "
         "an unsupported architecture can train silently wrong."))
+    eval_inner_loop: bool = field(default=True, metadata=_help(
+        "With --method focusft, evaluation also reports eval_focus_loss: the loss after the inner "
+        "loop has adapted fresh fast weights on each eval sample (costs the inner loop's K steps "
+        "per eval batch). eval_loss is always the saved model's own loss (no fast weights)."))
     leak_warn_ratio: float = field(default=0.1, metadata=_help(
         "Warn when the outer loss stays below this fraction of the base (pre-adaptation) loss."))
     leak_warn_patience: int = field(default=3, metadata=_help(
@@ -109,7 +134,6 @@ class FocusConfig(TrainingArguments):
     per_device_train_batch_size: int = field(default=1, metadata=_help("Samples per device per micro-batch."))
     logging_steps: float = field(default=10, metadata=_help("Log every N optimizer steps."))
     save_strategy: str = field(default="no", metadata=_help("no | steps | epoch (the final model is always saved)."))
-    remove_unused_columns: bool = field(default=False, metadata=_help("Kept False: the step needs loss_mask and sample_ids."))
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -134,8 +158,12 @@ class FocusConfig(TrainingArguments):
         return self.method == "focusft"
 
     def to_yaml(self) -> str:
-        """The resolved configuration: every field of this class, as written next to checkpoints."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        """The resolved configuration, as written next to checkpoints; reads back as ``--config``.
+
+        Every field (enums as their values, the accelerator config as a mapping), except the
+        secrets (``*_token``), which are never written.
+        """
+        values = {k: v for k, v in self.to_dict().items() if not k.endswith("_token")}
         return yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True)
 
 
@@ -172,7 +200,7 @@ def yaml_to_flags(path: str) -> list[str]:
         raise UserError(f"--config {path}: unknown key(s) {unknown}; see `focusft train --help`")
     flags = []
     for key, value in values.items():
-        if value is None:
+        if value is None or value == []:  # unset, or an empty list (every such default is empty)
             continue
         if isinstance(value, list):
             flags += [f"--{key}", *map(str, value)]

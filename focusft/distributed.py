@@ -5,7 +5,9 @@ The inner loop is rank-local: it differentiates the fast tensors only
 hook fires and nothing is all-reduced. Two things still need care:
 
 * ``launch_problem``: transformers' Trainer only goes multi-process on a CPU-only machine when
-  told ``--use_cpu true``; otherwise every process trains its own copy and nobody notices.
+  told ``--use_cpu true``; otherwise every process trains its own copy and nobody notices. And
+  ``accelerate launch --cpu --num_processes N`` starts one process. Both are refused, with the
+  command that works.
 * ``nested_fsdp_call``: under FSDP2 (``fully_shard``, accelerate ``fsdp_version: 2``) the inner
   loop calls the sharded top layers again, forward and backward, from inside the outer forward
   of the first adapted layer. FSDP's own bookkeeping assumes one forward then one backward per
@@ -21,16 +23,42 @@ import os
 import torch
 
 
-def launch_problem(world_size: int, use_cpu: bool) -> str | None:
-    """A message when a launcher started several processes that will not train together."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
+# Process counts a launcher leaves in the environment: torchrun / accelerate / deepspeed, and MPI.
+SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_processes(env=os.environ) -> int:
+    """How many processes the launcher says it started (1 when none says)."""
+    return max([int(env[v]) for v in SIZE_VARS if env.get(v, "").isdigit()] or [1])
+
+
+def launch_problem(world_size: int, use_cpu: bool, env=os.environ) -> str | None:
+    """A message when the processes that were asked for will not train together.
+
+    * N processes started (torchrun, accelerate, deepspeed, mpirun), but the trainer sees a world
+      of 1: on a machine without GPUs transformers forms a process group only with --use_cpu.
+    * ``accelerate launch --cpu --num_processes N`` (N > 1) without ``--mpirun_hostfile`` starts
+      one process (accelerate launches several CPU processes only through mpirun); it leaves
+      ``ACCELERATE_USE_CPU`` and ``MASTER_ADDR`` set, and no world size.
+    """
+    launched = launched_processes(env)
     if launched > 1 and world_size == 1:
-        hint = "" if use_cpu or torch.cuda.is_available() else (
-            " On a machine without GPUs pass --use_cpu true (gloo backend), or use "
-            "`accelerate launch --cpu`.")
         return (f"the launcher started {launched} processes but the trainer sees a world of 1, so "
-                f"each process would train its own model copy.{hint}")
+                f"each process would train its own model copy. {_working_command(launched)}")
+    accelerate_cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes")
+    if launched == 1 and world_size == 1 and accelerate_cpu and "MASTER_ADDR" in env:
+        return ("`accelerate launch --cpu --num_processes N` started a single process (accelerate "
+                "starts several CPU processes only through mpirun, with --mpirun_hostfile), so the "
+                f"run would not be distributed. {_working_command(2)} For one process, launch "
+                "with --num_processes 1 (or run `focusft train` directly).")
     return None
+
+
+def _working_command(n: int) -> str:
+    cpu = "" if torch.cuda.is_available() else " --use_cpu true"
+    return (f"Launch with: torchrun --nproc_per_node {n} -m focusft.cli train <your flags>{cpu}"
+            + ("" if cpu else " (or accelerate launch --num_processes N -m focusft.cli train ...)")
+            + ".")
 
 
 @contextlib.contextmanager

@@ -18,7 +18,8 @@ Packed rows (several samples in one row) keep one factor pair per *sample*: each
 span of the row is multiplied by its own factors, so packing changes nothing per sample.
 
 Lifecycle (`FastWeights`):
-    inject(model, ...)   hooks on the target Linears of the top layers (`focusft.models`)
+    inject(model, ...)   hooks on the target Linears of the top layers (`focusft.models`;
+                         install() re-hooks)
     reset(seeds)         per micro-batch: A_n ~ Kaiming-uniform(a=sqrt(5)) from sample n's own
                          seed, B_n = 0, so the model starts unchanged
     tensors()            the fast tensors, in a fixed order, for the inner loop
@@ -84,10 +85,13 @@ class FastWeights:
         self.slots: list[FastLinear] = []
         self._hooks = []
         for idx in self.layer_indices:
-            for linear in find_targets(layers[idx], target_modules and tuple(target_modules), idx):
-                slot = FastLinear(linear)
-                self.slots.append(slot)
-                self._hooks.append(linear.register_forward_hook(self._hook(slot)))
+            self.slots += [FastLinear(m) for m in find_targets(layers[idx], target_modules and tuple(target_modules), idx)]
+        self.install()
+
+    def install(self) -> None:
+        """Hook every target (again, after `strip`); a no-op when hooked."""
+        if not self._hooks:
+            self._hooks = [s.module.register_forward_hook(self._hook(s)) for s in self.slots]
 
     @property
     def first_layer(self) -> int:
@@ -114,10 +118,12 @@ class FastWeights:
         `segments` (packed rows): per row, the (start, end, sample n) spans of its samples.
         """
         self.segments = segments
-        device = device or self.slots[0].module.weight.device
+        device = device or _device_of(self.slots[0].module)
         gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         for slot in self.slots:
-            out_f, in_f = slot.module.weight.shape
+            # in/out features, never the weight's shape: a quantized (packed) or sharded weight
+            # does not have the layer's shape.
+            out_f, in_f = slot.module.out_features, slot.module.in_features
             bound = 1.0 / math.sqrt(in_f)  # kaiming_uniform_(a=sqrt(5)) on an (r, in) weight
             slot.a = torch.stack([
                 torch.empty(self.rank, in_f, device=device).uniform_(-bound, bound, generator=g)
@@ -155,6 +161,10 @@ class FastWeights:
             handle.remove()
         self._hooks.clear()
         self.clear()
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _packed_delta(x, a, b, segments) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Three small pieces, wired into `FocusTrainer` and `focusft.train_run`:
 
-* `atomic_checkpoint`: a Trainer checkpoint is written into ``output_dir/.staging-checkpoint-N/``
+* `atomic_checkpoint`: a Trainer checkpoint is written into ``output_dir/_staging-checkpoint-N/``
   and renamed to ``output_dir/checkpoint-N`` only once every file is on disk, so a crash or a
   kill mid-save never leaves a ``checkpoint-N`` that ``--resume_from_checkpoint last`` would pick
   up half-written (transformers 5.24's Trainer writes straight into the final folder).
@@ -29,7 +29,7 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-STAGING_PREFIX = ".staging-"
+STAGING_PREFIX = "_staging-"  # "_*": never uploaded by push_to_hub
 
 
 class TrainingFault(Exception):

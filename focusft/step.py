@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from . import models
+from .checkpointing import inner_checkpointing
 from .distributed import nested_fsdp_call
 from .fast_weights import FastWeights
 from .inner import InnerConfig, InnerStats, inner_loop
@@ -133,7 +134,8 @@ class BilevelStep:
         # The outer forward may run under activation checkpointing (no-grad or saved-tensor
         # hooks); the inner loop builds and consumes its own ordinary graph.
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
-                nested_fsdp_call(module), models.kept_layouts(self.model):
+                nested_fsdp_call(module), models.kept_layouts(self.model), \
+                inner_checkpointing(self.layers):  # FSDP2: the top layers are called again
             if job.layout is not None:
                 kwargs["layout"] = job.layout
                 hidden, bottom_router = self._bottom(self._embeds, kwargs)
@@ -181,6 +183,13 @@ def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | tor
 
     Returns (loss, n_tokens). With num_items=None the loss is this batch's token mean.
     """
+    logits, kept, aux = outer_logits(model, batch, layout)
+    return logits_loss(logits, kept, num_items, aux)
+
+
+def outer_logits(model, batch: dict, layout: AttentionLayout):
+    """Logits (B, P, V) at the P positions that carry loss in some row, the labels there (B, P),
+    and the model's own auxiliary loss term (a scalar tensor, or None)."""
     labels = batch["labels"]
     keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
     aux = models.aux_loss(model)
@@ -191,14 +200,19 @@ def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | tor
         layout = layout.with_tail((labels != -100).cpu(), len(models.decoder_layers(model)) - 1)
     out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,
                 logits_to_keep=keep, use_cache=False, **extra)
-    kept = labels[:, keep]  # (B, P)
-    loss_sum = F.cross_entropy(out.logits.float().flatten(0, 1), kept.flatten(),
+    aux_term = None if aux is None else aux.batch(out.router_logits, batch["attention_mask"])
+    return out.logits, labels[:, keep], aux_term
+
+
+def logits_loss(logits: torch.Tensor, kept: torch.Tensor, num_items, aux=None):
+    """(sum of CE / num_items [+ aux], number of loss tokens); num_items=None: the token mean."""
+    loss_sum = F.cross_entropy(logits.float().flatten(0, 1), kept.flatten(),
                                ignore_index=-100, reduction="sum")
     n_tokens = (kept != -100).sum()
     denom = n_tokens.clamp(min=1) if num_items is None else num_items
     loss = loss_sum / denom
     if aux is not None:
-        loss = loss + aux.batch(out.router_logits, batch["attention_mask"]).to(loss.device)
+        loss = loss + aux.to(loss.device)
     return loss, n_tokens
 
 

@@ -3,14 +3,17 @@
 `train(config)` is what `focusft train` calls. A run directory holds:
 
     output_dir/
-      final/                  the trained model: a plain Hugging Face causal LM (safetensors),
-                              its tokenizer and focusft.yaml (the resolved configuration)
+      final/                  the trained model: a plain Hugging Face causal LM (safetensors)
+                              or, with --use_peft, its LoRA adapter; its tokenizer, focusft.yaml
+                              (the resolved configuration, reusable as --config) and README.md
+                              (the model card); uploaded as the repo by --push_to_hub
       checkpoint-N/           resumable Trainer checkpoints, if --save_strategy asks for them
       data_report.json        what the data pipeline read, kept, truncated and dropped
       result.json             summary printed at the end
 
 The final model is written to a temporary directory first and renamed into place, so a
-crash never leaves a half-written `final/`.
+crash never leaves a half-written `final/`. Staging and temporary folders start with ``_``,
+which the Trainer's ``push_to_hub`` never uploads.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import datasets
 
+from . import adapters
 from .config import FocusConfig
 from .data import Collator, load_rows, tokenize_rows
 from .errors import UserError
@@ -34,7 +38,8 @@ logger = logging.getLogger("focusft")
 
 
 def load_model_and_tokenizer(cfg: FocusConfig):
-    """The model to train: a local directory / hub name, or the embedded default."""
+    """The model to train: a local directory / hub name / adapter directory, or the embedded default."""
+    quantization = adapters.quantization_config(cfg)  # validates the PEFT / k-bit flags
     if cfg.model is None:
         from . import default
 
@@ -42,11 +47,16 @@ def load_model_and_tokenizer(cfg: FocusConfig):
         return default.build_default_model(tokenizer, seed=cfg.seed), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kwargs = dict(trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                  dtype="bfloat16" if cfg.bf16 else "float32")
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            cfg.model, trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
-            dtype="bfloat16" if cfg.bf16 else "float32")
+        if adapters.is_adapter_dir(cfg.model):
+            model = adapters.load_adapter_model(cfg.model, cfg, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
     except (OSError, ValueError) as err:
         local = "" if Path(cfg.model).expanduser().exists() else "no such local directory, and "
         raise UserError(f"--model {cfg.model}: cannot load a causal LM with its tokenizer "
@@ -121,17 +131,50 @@ def has_checkpoint(output_dir: str) -> bool:
     return Path(output_dir).is_dir() and get_last_checkpoint(output_dir) is not None
 
 
-def save_final(trainer, tokenizer, cfg: FocusConfig) -> Path:
-    """Write the plain HF model + tokenizer + focusft.yaml to output_dir/final, atomically."""
+def save_final(trainer, tokenizer, cfg: FocusConfig, metrics: dict | None = None) -> Path:
+    """Write the model (or adapter) + tokenizer + focusft.yaml + model card to output_dir/final.
+
+    Atomically: everything goes to a temporary folder first (its name starts with ``_``, so
+    ``push_to_hub`` skips it), renamed into place once complete.
+    """
+    from .model_card import model_card
+
     final = Path(cfg.output_dir) / "final"
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=cfg.output_dir))
-    trainer.save_model(str(tmp))
+    tmp = Path(tempfile.mkdtemp(prefix="_final-", dir=cfg.output_dir))
+    adapter = adapters.is_peft_model(trainer.model) and not cfg.merge_adapter
+    if cfg.merge_adapter and adapters.is_peft_model(trainer.model):
+        adapters.save_merged(trainer.model, str(tmp))
+    else:
+        # With PEFT: the adapter (adapter_config.json + weights). _internal_call: no push of
+        # output_dir from here; --push_to_hub uploads final/ once it is complete (push_final).
+        trainer.save_model(str(tmp), _internal_call=True)
     tokenizer.save_pretrained(str(tmp))
     (tmp / "focusft.yaml").write_text(cfg.to_yaml())
+    (tmp / "README.md").write_text(model_card(cfg, metrics or {}, adapter))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def run_metrics(trainer, output) -> dict:
+    """Train loss, steps and time, and the last evaluation's metrics."""
+    metrics = {"train_loss": output.training_loss, "steps": output.global_step,
+               "train_seconds": round(output.metrics.get("train_runtime", 0.0), 1)}
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if evals:
+        metrics.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
+    return metrics
+
+
+def push_final(trainer, final: Path, cfg: FocusConfig) -> None:
+    """Upload final/ (model or adapter, tokenizer, focusft.yaml, model card) as the repo root."""
+    from transformers.trainer import hf_api
+
+    if trainer.hub_model_id is None:
+        trainer.init_hf_repo()
+    hf_api().upload_folder(repo_id=trainer.hub_model_id, folder_path=str(final), token=cfg.hub_token,
+                           commit_message="focusft: final model", revision=cfg.hub_revision)
 
 
 def train(cfg: FocusConfig) -> dict:
@@ -163,12 +206,13 @@ def train(cfg: FocusConfig) -> dict:
     if stop.signum is not None:
         step = trainer.state.global_step
         raise TrainingInterrupted(stop.signum, checkpoint_of(cfg.output_dir, step), cfg.output_dir)
-    final = save_final(trainer, tokenizer, cfg)
-    result = {"checkpoint": str(final), "method": cfg.method, "attention": cfg.attention,
-              "train_loss": output.training_loss, "steps": output.global_step,
-              "train_seconds": round(output.metrics.get("train_runtime", 0.0), 1)}
+    result = {"method": cfg.method, "attention": cfg.attention, **run_metrics(trainer, output)}
     if cfg.model is None and cfg.data is None:
         result.update(default_heldout_accuracy(trainer.model, tokenizer, cfg))
+    final = save_final(trainer, tokenizer, cfg, result)
+    result = {"checkpoint": str(final), **result}
+    if cfg.push_to_hub and trainer.is_world_process_zero():
+        push_final(trainer, final, cfg)
     (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, indent=2))
     return result
 

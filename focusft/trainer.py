@@ -17,21 +17,25 @@ gradient accumulation, distribution, checkpointing and the loggers. This class o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import torch
 from transformers import Trainer
 
-from . import attention  # noqa: F401  (registers the "focusft" attention implementation)
+from . import adapters, attention  # attention: registers the "focusft" implementation
 from .config import FocusConfig
+from .data import Collator
 from .faults import NonFiniteLossGuard, atomic_checkpoint
 from .fast_weights import FastWeights
 from .inner import InnerConfig
-from .step import BilevelStep, arm_inner, batch_layout, outer_loss
+from .inputs import COLUMNS, as_focus_config, prepare_dataset, resolve_model
+from .step import BilevelStep, arm_inner, batch_layout, logits_loss, outer_logits, outer_loss
 
 logger = logging.getLogger("focusft")
 
@@ -50,11 +54,21 @@ def inner_config(cfg: FocusConfig) -> InnerConfig:
                        clip_mode=cfg.inner_clip_mode, objective=cfg.inner_objective)
 
 
-def attach_fast_weights(model, cfg: FocusConfig) -> tuple[FastWeights, BilevelStep]:
-    fast = FastWeights(model, rank=cfg.fast_rank, alpha=cfg.fast_alpha, dropout=cfg.fast_dropout,
+def make_fast_weights(model, cfg: FocusConfig) -> FastWeights:
+    return FastWeights(model, rank=cfg.fast_rank, alpha=cfg.fast_alpha, dropout=cfg.fast_dropout,
                        layer_fraction=cfg.fast_layer_fraction,
                        target_modules=tuple(cfg.fast_target_modules))
+
+
+def attach_fast_weights(model, cfg: FocusConfig) -> tuple[FastWeights, BilevelStep]:
+    fast = make_fast_weights(model, cfg)
     return fast, BilevelStep(model, fast, inner_config(cfg))
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer.pad_token_id
 
 
 class StepMeter:
@@ -79,13 +93,38 @@ class StepMeter:
 
 
 class FocusTrainer(Trainer):
+    """``FocusTrainer(model, args, train_dataset=..., eval_dataset=..., processing_class=...,
+    peft_config=...)``, then ``train()`` / ``evaluate()`` / ``predict()`` / ``save_model()``.
+
+    Accepts what TRL's SFTTrainer accepts (see `focusft.inputs`): a model or its name, a
+    `FocusConfig` or plain ``TrainingArguments``, datasets of chat rows (tokenized and collated
+    here). The focusft attention and the fast-weight hooks are on the model only inside
+    ``train`` / ``evaluate`` / ``predict``: outside them it is the plain model it was.
+    """
+
     args: FocusConfig
 
-    def __init__(self, model, args: FocusConfig, **kwargs):
-        attention.use_focusft_attention(model)
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
+        args = as_focus_config(args)
+        model, processing_class = resolve_model(model, processing_class, args)
+        if peft_config is None and not adapters.is_peft_model(model):  # an adapter continues as is
+            peft_config = adapters.lora_config(args)
+        if peft_config is not None:
+            model = adapters.wrap(model, peft_config, args)
+        train_dataset = prepare_dataset(train_dataset, processing_class, args, "train_dataset")
+        eval_dataset = prepare_dataset(eval_dataset, processing_class, args, "eval_dataset")
+        if data_collator is None:
+            data_collator = Collator(pad_id=_pad_id(processing_class),
+                                     pack_to=args.max_length if args.packing else None)
+        self.fast = self.bilevel = None
+        self._attached, self._attn_before = 0, None
         # Fast weights first: a model that cannot host them fails before Trainer makes output_dir.
-        self.fast, self.bilevel = (attach_fast_weights(model, args) if args.bilevel else (None, None))
-        super().__init__(model=model, args=args, **kwargs)
+        self._attach(model, args)
+        self._detach(model)
+        super().__init__(model=model, args=args, data_collator=data_collator,
+                         train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, **kwargs)
         self.loss_guard = NonFiniteLossGuard()
         self.add_callback(self.loss_guard)
         # Our labels are already shifted by the collator and our compute_loss normalises by
@@ -94,6 +133,66 @@ class FocusTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self.meter = StepMeter()
         self._leak_windows = 0
+        self._focus_eval: torch.Tensor | None = None  # (CE sum, tokens) while evaluating
+
+    # -- the focusft attention and fast weights, only while the Trainer runs the model -------
+    def _attach(self, model, args) -> None:
+        if self._attached == 0:
+            self._attn_before = model.config._attn_implementation
+            attention.use_focusft_attention(model)
+            if args.bilevel:
+                if self.fast is None:
+                    self.fast = make_fast_weights(model, args)
+                self.fast.install()
+                self.bilevel = BilevelStep(model, self.fast, inner_config(args))
+        self._attached += 1
+
+    def _detach(self, model) -> None:
+        self._attached -= 1
+        if self._attached == 0:
+            if self.fast is not None:
+                self.fast.strip()
+                self.bilevel.remove()
+            model.set_attn_implementation(self._attn_before)
+
+    @contextlib.contextmanager
+    def _focus_mode(self):
+        model = self.model
+        self._attach(model, self.args)
+        try:
+            yield
+        finally:
+            self._detach(model)
+
+    def train(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().predict(*args, **kwargs)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """The card ``push_to_hub`` uploads: focusft's (method, base, data, config, metrics, loading)."""
+        if not self.is_world_process_zero():
+            return
+        from .model_card import model_card
+
+        metrics = {k: v for h in self.state.log_history for k, v in h.items()
+                   if k.startswith("eval_") or k == "train_loss"}  # the last value of each
+        out = Path(self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "README.md").write_text(model_card(self.args, metrics, adapters.is_peft_model(self.model)))
+        (out / "focusft.yaml").write_text(self.args.to_yaml())
+
+    def _set_signature_columns_if_needed(self):
+        # remove_unused_columns=True keeps what our collator reads (not the model's arguments).
+        if self._signature_columns is None:
+            self._signature_columns = list(COLUMNS)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
@@ -109,14 +208,54 @@ class FocusTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
-        if self.bilevel is not None:
+        if self.bilevel is not None and self._attached:
             self._prepare_inner(inputs, model.training)
-        loss, n_tokens = outer_loss(model, inputs, layout, num_items_in_batch)
+        logits, kept, aux = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
+        loss, n_tokens = logits_loss(logits, kept, num_items_in_batch, aux)
         if model.training:
             self._record(inputs, loss, n_tokens, num_items_in_batch)
+        elif self._focus_eval is not None:
+            self._eval_with_inner_loop(model, inputs, layout)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages; we want the global sum
-        return (loss, None) if return_outputs else loss
+        return (loss, {"loss": loss, "logits": logits}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """As the Trainer's; logits come only at the loss positions, so labels are cut to match.
+
+        ``predictions[b, j]`` is the distribution of ``label_ids[b, j]`` (labels are already
+        shifted: the label of a position is the next token).
+        """
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if logits is not None and torch.is_tensor(labels):
+            labels = labels[:, (labels != -100).any(0)]
+        return loss, logits, labels
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's loop, plus ``<prefix>_focus_loss`` (the loss with the inner loop active)."""
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        if self.bilevel is not None and self.args.eval_inner_loop:
+            self._focus_eval = torch.zeros(2, device=self.args.device)  # (CE sum, tokens)
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+            totals = self._focus_eval
+        finally:
+            self._focus_eval = None
+        if totals is not None:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+            output.metrics[f"{prefix}_focus_loss"] = float(totals[0] / totals[1].clamp(min=1))
+        return output
+
+    def _eval_with_inner_loop(self, model, inputs, layout) -> None:
+        """Outer loss after the inner loop adapted each eval sample's fast weights (seeded by id)."""
+        seeds = [sample_seed(self.args.seed, 0, int(s)) for s in inputs["sample_ids"].tolist()]
+        arm_inner(self.fast, self.bilevel, inputs, seeds, self.args.inner_objective,
+                  self.args.attention_kernel)
+        try:
+            loss, n_tokens = outer_loss(model, inputs, layout, None)
+        finally:
+            self.fast.clear()
+        self._focus_eval += torch.stack([loss.detach() * n_tokens, n_tokens.to(loss.dtype)])
 
     def _prepare_inner(self, inputs: dict, training: bool) -> None:
         if not training:  # evaluation measures the model that is saved: no fast weights

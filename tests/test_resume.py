@@ -142,4 +142,4 @@ def test_sigterm_from_outside_a_real_process(setup):
     assert "Traceback" not in err
     checkpoints = list(out.glob("checkpoint-*"))
     assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").exists()
-    assert not list(out.glob(".staging-*")) and not (out / "final").exists()
+    assert not list(out.glob("_staging-*")) and not (out / "final").exists()

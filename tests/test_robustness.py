@@ -255,7 +255,7 @@ def test_checkpoints_are_staged_then_renamed(run, monkeypatch):
                     "--save_total_limit", "1")
     assert code == 0, err
     assert [os.path.basename(os.path.dirname(d)) for d, _ in seen] == [
-        ".staging-checkpoint-1", ".staging-checkpoint-2"]
+        "_staging-checkpoint-1", "_staging-checkpoint-2"]
     assert "checkpoint-1" not in seen[0][1] and "checkpoint-2" not in seen[1][1]
     left = sorted(p.name for p in run.out.iterdir())
     assert left == ["checkpoint-2", "data_report.json", "final", "result.json"]
