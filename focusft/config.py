@@ -50,6 +50,12 @@ class FocusConfig(TrainingArguments):
     packing: bool = field(default=False, metadata=_help(
         "Pack the samples of a micro-batch into rows of at most --max_length tokens (no "
         "attention across samples; each keeps its own fast weights and positions)."))
+    empty_think_loss: bool = field(default=False, metadata=_help(
+        "Train the empty think block (<think></think>) a chat template inserts into an assistant "
+        "turn that has no reasoning (Qwen3-style templates). False: it is context. Reasoning the "
+        "data supplies is trained wherever the template renders it."))
+    dataset_num_proc: int | None = field(default=None, metadata=_help(
+        "Processes that tokenize the data (datasets' map num_proc). Unset: one."))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "Allow model/tokenizer code from the model directory to run. Off unless you ask."))
     # --- outer PEFT: LoRA / QLoRA as what the outer loop trains (TRL's names) --------------

@@ -86,7 +86,9 @@ def default_rows(split: str, cfg: FocusConfig, tokenizer) -> datasets.Dataset:
 def build_dataset(path: str | None, split: str, cfg: FocusConfig, tokenizer):
     rows = default_rows(split, cfg, tokenizer) if path is None else load_rows(path)
     source = path or f"embedded default ({split})"
-    dataset, report = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.truncation, source)
+    dataset, report = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.truncation, source,
+                                    empty_think_loss=cfg.empty_think_loss,
+                                    num_proc=cfg.dataset_num_proc)
     logger.warning("focusft data %s: %s", source, report.summary())
     return dataset, report, rows
 
