@@ -1,0 +1,64 @@
+"""Ceiling: a model that emits exactly the training answers scores 100 on every task.
+
+The stand-in generator returns, for each rendered prompt, the tokens of the training answer
+after its answer prefix (``render.continuation``), cut at the task's max_new_tokens by the
+runner, so the test fails whenever a prefix does not reach the prompt or an answer does not
+fit its generation length in the embedded default's tokenizer.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from focusft.default import load_default_tokenizer
+from focusft.eval_runner import (EvalSpec, generate_outputs, make_rows, prompt_text,
+                                 sample_records, score_records)
+from focusft.evaluation.chat import BABILONG_TASKS
+from focusft.evaluation.render import continuation
+from focusft.evaluation.ruler import RULER_TASKS
+
+
+def oracle(tokenizer, rows, chat: bool):
+    """A generate function that answers every row's prompt with its training answer."""
+    table = {}
+    for row in rows:
+        ids = tokenizer(prompt_text(tokenizer, row, chat), add_special_tokens=False)["input_ids"]
+        answer = continuation(row["messages"], row.get("answer_prefix", ""))
+        table[tuple(ids)] = tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+    def generate(model, prompts, max_new_tokens, pad, stops, mode):
+        return [table[tuple(p)][:max_new_tokens] for p in prompts]
+
+    return generate
+
+
+def run(spec: EvalSpec):
+    tokenizer = load_default_tokenizer()
+    rows = make_rows(spec, tokenizer)
+    outputs = generate_outputs(None, tokenizer, rows, spec, "causal",
+                               generate=oracle(tokenizer, rows, spec.chat_template))
+    prompts = [prompt_text(tokenizer, r, spec.chat_template) for r in rows]
+    return rows, score_records(sample_records(rows, outputs, prompts))[0]
+
+
+PROMPT_SETS = ["focusft", pytest.param("lm-eval", marks=pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("lm_eval") is None, reason="lm-eval not installed"))]
+
+
+@pytest.mark.parametrize("prompts", PROMPT_SETS)
+@pytest.mark.parametrize("chat", [True, False])
+def test_ruler_ceiling(prompts, chat):
+    spec = EvalSpec(suite="ruler", tasks=list(RULER_TASKS), lengths=["4k"], samples=1,
+                    haystack="procedural", prompts=prompts, chat_template=chat)
+    rows, scores = run(spec)
+    assert {t: v[4096] for t, v in scores.items()} == {t: 100.0 for t in RULER_TASKS}
+    for row in rows:  # the prefix is in the prompt, not left to the model
+        assert prompt_text(load_default_tokenizer(), row, chat).endswith(row["answer_prefix"])
+
+
+@pytest.mark.parametrize("prompts", PROMPT_SETS)
+def test_babilong_ceiling(prompts):
+    spec = EvalSpec(suite="babilong", tasks=list(BABILONG_TASKS), lengths=["0k", "1k"],
+                    samples=2, haystack="procedural", prompts=prompts)
+    _, scores = run(spec)
+    assert scores == {t: {0: 100.0, 1000: 100.0} for t in BABILONG_TASKS}
