@@ -47,7 +47,7 @@ class EvalSpec:
     seed: int = 0
     masks: list[str] = field(default_factory=lambda: ["causal"])
     batch_size: int = 8
-    haystack: str | None = "auto"
+    haystack: str | None = "procedural"  # the CLI's default is "auto" (books when present)
     few_shot: bool = True
     trust_remote_code: bool = False
     prompts: str = "focusft"  # "focusft" | "lm-eval"
@@ -238,11 +238,6 @@ def markdown_table(results: dict) -> str:
     means = [_mean_cell(results["models"][m]) for m in names]
     lines.append("| **mean** | all | " + " | ".join(means) + " |")
     return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _mean_over(scores: dict) -> float:
-    values = [v for per_len in scores.values() for v in per_len.values()]
-    return sum(values) / max(1, len(values))
 
 
 def plot_accuracy(results: dict, path: Path) -> None:

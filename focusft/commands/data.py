@@ -46,6 +46,8 @@ def register(subparsers) -> None:
                    help="local tokenizer directory, or 'default' (see above)")
     p.add_argument("--haystack", default="procedural",
                    help="directory of .txt books for noise, or 'procedural' (built-in prose)")
+    p.add_argument("--prompts", choices=("focusft", "lm-eval"), default="focusft",
+                   help="babilong / ruler wording: focusft's own, or lm-eval's task files")
     p.add_argument("--no-few-shot", action="store_true",
                    help="BABILong: leave the worked examples out of the prompt")
     p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
@@ -124,6 +126,7 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.chat import make_chat_rows
     from ..evaluation.haystack import make_haystack
+    from ..evaluation.lm_eval_tasks import LmEvalUnavailable
 
     tasks, lengths, out = _check(args)
     if args.suite == "default":
@@ -144,7 +147,10 @@ def run(args: argparse.Namespace) -> int:
                                 haystack)
         else:
             rows = make_chat_rows(args.suite, tasks, lengths, args.samples, args.seed,
-                                  args.split, tokenizer, haystack, few_shot=not args.no_few_shot)
+                                  args.split, tokenizer, haystack, few_shot=not args.no_few_shot,
+                                  prompts=args.prompts)
+    except LmEvalUnavailable as err:
+        raise UserError(f"--prompts lm-eval: {err}") from None
     except ValueError as err:  # e.g. a length too small for a RULER task, or too many samples
         raise UserError(f"--lengths/--samples: {err}") from err
     write_rows(rows, out)

@@ -107,3 +107,37 @@ def test_procedural_prose_has_no_babi_words():
     assert len(set(sentences)) == len(sentences)
     assert isinstance(make_haystack(None), ProceduralProse)
     assert isinstance(make_haystack("procedural"), ProceduralProse)
+
+
+def test_pg19_haystack_uses_datasets_or_says_why(monkeypatch):
+    import datasets
+
+    from focusft.evaluation.haystack import describe_haystack
+
+    def missing(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub (offline)")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    with pytest.raises(UserError, match="--haystack pg19.*not available.*cached"):
+        make_haystack("pg19")
+    book = " ".join(f"Sentence number {i} of the cached book has more than ten words." for i in
+                    range(400))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: {"text": [book]})
+    hay = make_haystack("pg19")
+    assert isinstance(hay, BookHaystack) and "cached book" in next(hay.sentences(random.Random(0)))
+    assert describe_haystack("pg19").startswith("PG-19")
+
+
+def test_auto_haystack_finds_the_book_folder(tmp_path, monkeypatch):
+    from focusft.evaluation.haystack import describe_haystack, resolve_haystack
+
+    (tmp_path / "b.txt").write_text(" ".join(["A sentence with well over ten words in it, truly."]
+                                             * 200))
+    monkeypatch.setenv("FOCUSFT_HAYSTACK", str(tmp_path))
+    assert resolve_haystack("auto") == str(tmp_path) and isinstance(make_haystack("books"),
+                                                                  BookHaystack)
+    assert describe_haystack("auto").startswith("books")
+    monkeypatch.setenv("FOCUSFT_HAYSTACK", str(tmp_path / "none"))
+    assert resolve_haystack("auto") == "procedural"
+    with pytest.raises(UserError, match="--haystack books"):
+        make_haystack("books")

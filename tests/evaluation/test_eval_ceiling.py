@@ -52,8 +52,13 @@ def test_ruler_ceiling(prompts, chat):
                     haystack="procedural", prompts=prompts, chat_template=chat)
     rows, scores = run(spec)
     assert {t: v[4096] for t, v in scores.items()} == {t: 100.0 for t in RULER_TASKS}
+    tok = load_default_tokenizer()
     for row in rows:  # the prefix is in the prompt, not left to the model
-        assert prompt_text(load_default_tokenizer(), row, chat).endswith(row["answer_prefix"])
+        text = prompt_text(tok, row, chat)
+        assert text.endswith(row["answer_prefix"]) and ("<|im_start|>" in text) == chat
+        # RULER's length counts the whole input, chat template included (3 % tolerance).
+        used = len(tok(text, add_special_tokens=False)["input_ids"]) + row["max_new_tokens"]
+        assert 4096 * 0.97 <= used <= 4096, (row["task"], used)
 
 
 @pytest.mark.parametrize("prompts", PROMPT_SETS)

@@ -118,3 +118,19 @@ def test_babilong_prompt_is_lm_eval_fewshot_context(task):
     assert babilong_correct(s.target, b.answer, b.question, task)
     if task == "qa1":
         assert s.target.endswith(f" {b.answer}.") and b.question.split()[-1][:-1] in s.target
+
+
+def test_data_command_writes_lm_eval_rows(tmp_path):
+    import json
+
+    from focusft.cli import main
+
+    out = tmp_path / "b.jsonl"
+    assert main(["data", "babilong", "--prompts", "lm-eval", "--tasks", "qa2", "--lengths", "0k",
+                 "--samples", "2", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    system = yaml.load(task_file("babilong/babilong_qa2.yaml"), Loader=Loader)["description"]
+    for r in rows:
+        assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+        assert r["messages"][0]["content"] == system and r["prompts"] == "lm-eval"
+        assert r["messages"][2]["content"].endswith(f" {r['target']}.")  # "The milk is in the X."
