@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .evaluation.render import generation_text
 
 DEFAULT_LENGTHS = {"babilong": ["0k", "1k", "2k", "4k"], "ruler": ["4k"],
                    "agentic": ["1k", "2k", "4k"]}
@@ -104,16 +105,36 @@ def make_rows(spec: EvalSpec, tokenizer) -> list[dict]:
 
 
 def prompt_text(tokenizer, row: dict, chat_template: bool = True) -> str:
-    from .evaluation.render import generation_text
-
     return generation_text(tokenizer, row["messages"], row.get("answer_prefix", ""),
                            chat_template, row.get("tools"))
+
+
+def response_mask(tokenizer, row: dict, prompt: list[int], chat_template: bool) -> list[int]:
+    """1 on the prompt tokens that are assistant content (earlier tool-call turns, the answer
+    prefix), as in training: the ``prefix`` inference mask keeps them causal (response blocks).
+    """
+    prefix = row.get("answer_prefix", "")
+    if not chat_template:  # plain text: only the answer prefix is the response
+        head = generation_text(tokenizer, row["messages"], "", False)
+        n = len(tokenizer(head, add_special_tokens=False)["input_ids"]) if prefix else len(prompt)
+        return [0] * n + [1] * (len(prompt) - n)
+    from .data import tokenize_conversation
+    from .evaluation.render import context_messages
+
+    conversation = context_messages(row["messages"]) + [
+        {"role": "assistant", "content": prefix.strip() or "x"}]
+    ids, mask = tokenize_conversation(tokenizer, conversation, row.get("tools"))
+    if ids[:len(prompt)] != list(prompt):  # the template re-renders the open turn differently
+        raise UserError("the chat template renders the answer prefix differently in a finished "
+                        "turn; use --mask causal or --chat_template none")
+    return list(mask[:len(prompt)])
 
 
 def generate_outputs(model, tokenizer, rows: list[dict], spec: EvalSpec, mode: str,
                      progress: str = "", generate=None) -> list[str]:
     """Greedy outputs for `rows`, batched by similar prompt length. ``generate`` defaults to
-    ``inference.greedy_generate`` (same signature; tests pass a stand-in)."""
+    ``inference.greedy_generate`` (same signature; tests pass a stand-in). Under the ``prefix``
+    mask, assistant tokens in the prompt are marked (``response_mask``)."""
     from tqdm.auto import tqdm
 
     if generate is None:
@@ -127,7 +148,10 @@ def generate_outputs(model, tokenizer, rows: list[dict], spec: EvalSpec, mode: s
     batches = [order[i:i + spec.batch_size] for i in range(0, len(order), spec.batch_size)]
     for batch in tqdm(batches, desc=progress, leave=False):
         new = max(rows[i]["max_new_tokens"] for i in batch)
-        gen = generate(model, [prompts[i] for i in batch], new, pad, stops, mode)
+        masks = None if mode == "causal" else [
+            response_mask(tokenizer, rows[i], prompts[i], spec.chat_template) for i in batch]
+        gen = generate(model, [prompts[i] for i in batch], new, pad, stops, mode,
+                       prompt_loss_masks=masks)
         for i, tokens in zip(batch, gen):
             outputs[i] = tokenizer.decode(tokens[:rows[i]["max_new_tokens"]],
                                           skip_special_tokens=True)

@@ -68,7 +68,7 @@ def test_ceiling(rows, tok):
     table = {tuple(tok(prompt_text(tok, r), add_special_tokens=False)["input_ids"]):
              tok(continuation(r["messages"]), add_special_tokens=False)["input_ids"] for r in rows}
 
-    def generate(model, prompts, max_new, pad, stops, mode):
+    def generate(model, prompts, max_new, pad, stops, mode, prompt_loss_masks=None):
         return [table[tuple(p)][:max_new] for p in prompts]
 
     outputs = generate_outputs(None, tok, rows, spec, "causal", generate=generate)

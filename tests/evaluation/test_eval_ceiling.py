@@ -26,7 +26,7 @@ def oracle(tokenizer, rows, chat: bool):
         answer = continuation(row["messages"], row.get("answer_prefix", ""))
         table[tuple(ids)] = tokenizer(answer, add_special_tokens=False)["input_ids"]
 
-    def generate(model, prompts, max_new_tokens, pad, stops, mode):
+    def generate(model, prompts, max_new_tokens, pad, stops, mode, prompt_loss_masks=None):
         return [table[tuple(p)][:max_new_tokens] for p in prompts]
 
     return generate
@@ -67,3 +67,26 @@ def test_babilong_ceiling(prompts):
                     samples=2, haystack="procedural", prompts=prompts)
     _, scores = run(spec)
     assert scores == {t: {0: 100.0, 1000: 100.0} for t in BABILONG_TASKS}
+
+
+def test_prefix_mask_marks_the_answer_prefix_and_earlier_tool_calls():
+    """Under --mask prefix the prompt's assistant tokens are response tokens, as in training."""
+    from focusft.eval_runner import response_mask
+
+    tok = load_default_tokenizer()
+    spec = EvalSpec(suite="ruler", tasks=["vt"], lengths=["2k"], samples=1, haystack="procedural")
+    row = make_rows(spec, tok)[0]
+    for chat in (True, False):
+        ids = tok(prompt_text(tok, row, chat), add_special_tokens=False)["input_ids"]
+        mask = response_mask(tok, row, ids, chat)
+        marked = tok.decode([t for t, m in zip(ids, mask) if m]).strip()
+        assert len(mask) == len(ids) and marked == row["answer_prefix"]
+    from test_eval_agentic import qwen_tokenizer
+
+    from focusft.evaluation.agentic import agentic_rows
+
+    qwen = qwen_tokenizer()
+    row = agentic_rows(["lookup"], ["2k"], 1, 0, "test", qwen, "procedural")[0]
+    ids = qwen(prompt_text(qwen, row), add_special_tokens=False)["input_ids"]
+    marked = qwen.decode([t for t, m in zip(ids, response_mask(qwen, row, ids, True)) if m])
+    assert marked.count("<tool_call>") == 2 and "Notes on the life" not in marked
