@@ -135,7 +135,7 @@ LONG_PRESETS = {
                   pretrain_steps=30),
     "smoke": dict(long_train_lengths=[0], long_ruler_tasks=[], long_train_samples=2, steps=1,
                   batch_size=2, tasks=["qa1"], long_eval_lengths=[256], eval_samples=1,
-                  inference_masks=["causal", "prefix"], sweep=True, pretrain_steps=2,
+                  inference_masks=["causal", "prefix"], sweep=False, pretrain_steps=2,
                   pretrain_seq_len=64, pretrain_batch=2),
 }
 
