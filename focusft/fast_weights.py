@@ -118,7 +118,8 @@ class FastWeights:
             if x.shape[0] != a.shape[0]:
                 raise RuntimeError(f"fast weights hold {a.shape[0]} samples, batch has {x.shape[0]}")
             down = torch.bmm(x, a.transpose(1, 2))  # (N, S, r)
-            return output + self.scale * torch.bmm(down, b.transpose(1, 2))
+            # output + s * down b^T as one kernel: no (N, S, out) temporaries for the scale and sum
+            return torch.baddbmm(output, down, b.transpose(1, 2), alpha=self.scale)
         return add_fast
 
     def reset(self, seeds: list[int], device=None, segments=None) -> None:
