@@ -287,5 +287,9 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 def use_focusft_attention(model) -> None:
-    """Switch `model` (a transformers PreTrainedModel) to the block-prefix attention."""
+    """Switch `model` (a transformers PreTrainedModel) to the block-prefix attention, and let its
+    last layer's MLP compute only the rows where logits are taken (`focusft.last_layer`)."""
+    from . import last_layer
+
     model.set_attn_implementation(NAME)
+    last_layer.install(model)

@@ -142,14 +142,17 @@ class AttentionLayout:
     block_mask: Any = field(default=None, compare=False)  # FlexAttention BlockMask, if built
     tail: "AttentionLayout | None" = field(default=None, compare=False)  # see with_tail
     tail_layer: int = -1
+    tail_keep: Any = field(default=None, compare=False)  # (P,) positions needed in some row
 
     def with_tail(self, needed: torch.Tensor, layer: int) -> "AttentionLayout":
         """This layout, whose decoder layer `layer` (the last one) computes attention only for
         the query positions in `needed` (B, S bool; see `query_blocks`); its other rows get
         zeros. Exact for any loss taken at `needed` positions only: those rows of the last
-        layer reach nothing else."""
+        layer reach nothing else. ``tail_keep``: the positions needed in at least one row (the
+        rows the last layer's MLP computes, `focusft.last_layer`)."""
         rows = tuple(tuple(query_blocks(blocks, row)) for blocks, row in zip(self.rows, needed.tolist()))
-        return replace(self, tail=AttentionLayout(rows, self.seq_len), tail_layer=layer)
+        keep = needed.any(0).nonzero(as_tuple=True)[0]
+        return replace(self, tail=AttentionLayout(rows, self.seq_len), tail_layer=layer, tail_keep=keep)
 
     def with_block_mask(self, device) -> "AttentionLayout":
         """This layout plus a FlexAttention BlockMask of the same key ranges (built once per batch)."""
