@@ -29,8 +29,9 @@ What else a family's attention call asks for (`attention_features`):
 
 A layout that carries a FlexAttention ``BlockMask`` (`AttentionLayout.with_block_mask`, for
 CUDA, where FlexAttention compiles to fused kernels and has a backward) is computed by one
-``flex_attention`` call over the whole batch instead, a soft-cap as its ``score_mod``; with
-sinks or a window that changes a block it takes the tiled path above (exact on any device).
+``flex_attention`` call over the whole batch instead: a window through a BlockMask of the
+windowed key ranges, a soft-cap as its ``score_mod``; with sinks it takes the tiled path above
+(exact on any device).
 
 Without ``layout`` (generation, decoding with a KV cache) the call is exactly transformers' own
 SDPA attention, so a model using "focusft" behaves like "sdpa" everywhere else; with a soft-cap
@@ -128,10 +129,11 @@ _compiled_flex = None
 
 
 def flex_layout_attention(query, key, value, layout: AttentionLayout, scale=None,
-                          softcap: float | None = None) -> torch.Tensor:
+                          softcap: float | None = None, window: int | None = None) -> torch.Tensor:
     """FlexAttention over the layout's BlockMask (compiled on CUDA). (B, H, S, D) -> (B, S, H, D).
 
-    A soft-cap is a ``score_mod``: score -> softcap * tanh(score / softcap)."""
+    A window uses the layout's BlockMask under that window (`AttentionLayout.block_mask_for`); a
+    soft-cap is a ``score_mod``: score -> softcap * tanh(score / softcap)."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -144,8 +146,8 @@ def flex_layout_attention(query, key, value, layout: AttentionLayout, scale=None
         def score_mod(score, b, h, q, k):
             return softcap * torch.tanh(score / softcap)
     gqa = query.shape[1] != key.shape[1]
-    out = fn(query, key, value, score_mod=score_mod, block_mask=layout.block_mask, scale=scale,
-             enable_gqa=gqa)
+    out = fn(query, key, value, score_mod=score_mod, block_mask=layout.block_mask_for(window),
+             scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous()
 
 
@@ -168,14 +170,10 @@ def focusft_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                          f"attention got {query.shape[0]} x {query.shape[2]}")
     if layout.tail is not None and getattr(module, "layer_idx", None) == layout.tail_layer:
         layout = layout.tail  # the last layer: only the rows that reach the loss
-    if layout.block_mask is not None and feat.sinks is None and not _binds(layout, feat.window):
-        return flex_layout_attention(query, key, value, layout, scaling, feat.softcap), None
+    if layout.block_mask is not None and feat.sinks is None:
+        return flex_layout_attention(query, key, value, layout, scaling, feat.softcap, feat.window), None
     return layout_attention(query, key, value, layout, scaling, dropout, window=feat.window,
                             softcap=feat.softcap, sinks=feat.sinks), None
-
-
-def _binds(layout: AttentionLayout, window: int | None) -> bool:
-    return window is not None and any(window_binds(b, window) for row in layout.rows for b in row)
 
 
 def masked_attention(query, key, value, attention_mask, scale=None, softcap=None, sinks=None,

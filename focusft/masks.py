@@ -143,6 +143,7 @@ class AttentionLayout:
     tail: "AttentionLayout | None" = field(default=None, compare=False)  # see with_tail
     tail_layer: int = -1
     tail_keep: Any = field(default=None, compare=False)  # (P,) positions needed in some row
+    window_masks: dict = field(default_factory=dict, compare=False, repr=False)  # block_mask_for
 
     def with_tail(self, needed: torch.Tensor, layer: int) -> "AttentionLayout":
         """This layout, whose decoder layer `layer` (the last one) computes attention only for
@@ -156,15 +157,25 @@ class AttentionLayout:
 
     def with_block_mask(self, device) -> "AttentionLayout":
         """This layout plus a FlexAttention BlockMask of the same key ranges (built once per batch)."""
+        return replace(self, block_mask=self._block_mask(device, None), window_masks={})
+
+    def block_mask_for(self, window: int | None):
+        """The BlockMask of this layout under a sliding window (built on first use, then kept)."""
+        if not any(window_binds(blk, window) for row in self.rows for blk in row):
+            return self.block_mask
+        if window not in self.window_masks:
+            self.window_masks[window] = self._block_mask(self.block_mask.kv_num_blocks.device, window)
+        return self.window_masks[window]
+
+    def _block_mask(self, device, window: int | None):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        lo, hi = (t.to(device) for t in self.key_ranges())
+        lo, hi = (t.to(device) for t in self.key_ranges(window))
 
         def allowed(b, h, q, k):
             return (k >= lo[b, q]) & (k < hi[b, q])
 
-        mask = create_block_mask(allowed, len(self.rows), None, self.seq_len, self.seq_len, device=device)
-        return replace(self, block_mask=mask)
+        return create_block_mask(allowed, len(self.rows), None, self.seq_len, self.seq_len, device=device)
 
     @classmethod
     def glm(cls, loss_mask: torch.Tensor, lengths: Sequence[int],

@@ -232,15 +232,25 @@ def test_without_layout_softcap_and_sinks_equal_eager(family):
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], **TOL)
 
 
-def test_flex_softcap_score_mod_forward_matches_tiled_path():
+@pytest.mark.parametrize("features", [{"softcap": 1.5}, {"window": 3}, {"window": 2, "softcap": 1.5},
+                                      {"window": 100}])
+def test_flex_score_mod_and_window_masks_forward_match_tiled_path(features):
     # FlexAttention has no CPU backward in torch 2.13: forward only (training with flex is CUDA).
     layout, _ = glm()
     q, k, v = (t.detach() for t in qkv(layout))
+    flex = layout.with_block_mask("cpu")
     with torch.no_grad():
-        want = attention.layout_attention(q, k, v, layout, 0.3, softcap=1.5)
-        got = attention.flex_layout_attention(q, k, v, layout.with_block_mask("cpu"), 0.3, softcap=1.5)
-    real = additive(layout)[1]
+        want = attention.layout_attention(q, k, v, layout, 0.3, **features)
+        got = attention.flex_layout_attention(q, k, v, flex, 0.3, **features)
+        via_entry, _ = attention.focusft_attention(module(), q, k, v, None, scaling=0.3, layout=flex,
+                                                   sliding_window=features.get("window"),
+                                                   softcap=features.get("softcap"))
+    real = additive(layout, features.get("window"))[1]
     torch.testing.assert_close(got[real], want[real], **TOL)
+    torch.testing.assert_close(via_entry, got)
+    if features.get("window", 100) < 100:
+        assert flex.block_mask_for(features["window"]) is not flex.block_mask  # built, then kept
+        assert flex.block_mask_for(features["window"]) is flex.window_masks[features["window"]]
 
 
 # ------------------------------------------------------------------------- refusals
@@ -286,3 +296,13 @@ def test_window_from_the_module_attribute_when_the_call_passes_none():
     torch.testing.assert_close(got, attention.layout_attention(q, k, v, layout, window=2))
     explicit, _ = attention.focusft_attention(stub, q, k, v, None, layout=layout, sliding_window=None)
     torch.testing.assert_close(explicit, attention.layout_attention(q, k, v, layout))
+
+
+@pytest.mark.parametrize("features", [{"softcap": 1.5}, {"window": 3}])
+def test_bfloat16_keeps_its_dtype_and_stays_close_to_float32(features):
+    layout, _ = glm()
+    q, k, v = (t.detach() for t in qkv(layout))
+    want = attention.layout_attention(q, k, v, layout, 0.3, **features)
+    got = attention.layout_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), layout, 0.3, **features)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
