@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (Gemma2Config, Gemma2ForCausalLM, GptOssConfig, GptOssForCausalLM,
-                          Llama4ForCausalLM, Llama4TextConfig, MistralConfig, MistralForCausalLM)
+                          Llama4ForCausalLM, Llama4TextConfig, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM)
 from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward as gemma2_eager
 from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward as gpt_oss_eager
 from transformers.models.mistral.modeling_mistral import eager_attention_forward as mistral_eager
@@ -166,6 +167,13 @@ def tiny(family):
                   pad_token_id=0, attention_dropout=0.0)
     if family == "mistral":
         return MistralForCausalLM(MistralConfig(**common, sliding_window=3))
+    if family == "qwen2":  # sliding layers from max_window_layers on: one full, one sliding
+        return Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=3,
+                                            max_window_layers=1))
+    if family == "qwen2_moe":  # the window is a module attribute, not passed to the call
+        return Qwen2MoeForCausalLM(Qwen2MoeConfig(**common, use_sliding_window=True, sliding_window=3,
+                                                  max_window_layers=2, num_experts=2, num_experts_per_tok=1,
+                                                  moe_intermediate_size=16, shared_expert_intermediate_size=16))
     if family == "gemma2":
         model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, sliding_window=3, query_pre_attn_scalar=8,
                                                attn_logit_softcapping=1.0, final_logit_softcapping=None))
@@ -182,7 +190,7 @@ def tiny(family):
     return model
 
 
-@pytest.mark.parametrize("family", ["mistral", "gemma2", "gpt_oss"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen2_moe", "gemma2", "gpt_oss"])
 def test_causal_layout_equals_the_models_own_sliding_attention(family):
     batch = make_batch([[(4, 0), (5, 1)], [(6, 1)]])  # one padded row
     real = batch["attention_mask"].bool()
