@@ -17,9 +17,11 @@ CPU, small for a response block.
 
 What else a family's attention call asks for (`attention_features`):
 
-    sliding_window=W   blocks that W changes (e - k0 > W; window defined in `focusft.masks`)
-                       go through the tiled explicit math of `focusft.tiled_attention`; the
-                       others through SDPA as above, so W >= the row length changes nothing
+    sliding_window=W   blocks that W changes (e - k0 > W; window defined in `focusft.masks`):
+                       a response block through SDPA tile by tile (tiles of at most W queries,
+                       each with at most 2W keys and its own mask), a context block through the
+                       tiled explicit math of `focusft.tiled_attention`; the other blocks
+                       through SDPA as above, so W >= the row length changes nothing
     softcap=c          (Gemma 2) every block through the tiled explicit math
     s_aux=sinks        (GPT-OSS) every block through the tiled explicit math; gradients reach
                        the sink logits
@@ -73,6 +75,17 @@ def _block_attention(q, k, v, blk: Block, scale, dropout) -> torch.Tensor:
     )
 
 
+def _tile_attention(q, k, v, tile, scale, dropout) -> torch.Tensor:
+    """SDPA for one tile of a causal block under a window (`focusft.tiled_attention.Tile`):
+    queries [start, end) against keys [key_start, key_end) with the tile's (rows x keys) mask,
+    at most W + rows keys. q: (1, H, S, D); k, v: (1, Hkv, S, D). Returns (1, H, rows, D)."""
+    hidden = tile.hidden(q.device)
+    return F.scaled_dot_product_attention(
+        q[:, :, tile.start : tile.end], k[:, :, tile.key_start : tile.key_end],
+        v[:, :, tile.key_start : tile.key_end], attn_mask=None if hidden is None else ~hidden,
+        dropout_p=dropout, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
 def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dropout=0.0, *,
                      window: int | None = None, softcap: float | None = None,
                      sinks: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,12 +100,15 @@ def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dro
     tiles, parts = [], []
     for b, blocks in enumerate(layout.rows):
         row = []
+        q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
         for blk in blocks:
-            if explicit or window_binds(blk, window):
+            if explicit or (window_binds(blk, window) and not blk.causal):
                 tiles += block_tiles(b, blk, window, query.shape[1])
+            elif window_binds(blk, window):  # causal under a window: SDPA tile by tile
+                row += [(t.start, _tile_attention(q, k, v, t, scale, dropout))
+                        for t in block_tiles(0, blk, window, query.shape[1])]
             else:
-                row.append((blk.start, _block_attention(query[b : b + 1], key[b : b + 1],
-                                                        value[b : b + 1], blk, scale, dropout)))
+                row.append((blk.start, _block_attention(q, k, v, blk, scale, dropout)))
         parts.append(row)
     if tiles and dropout:
         raise UserError(f"attention dropout {dropout:g} together with a soft-cap, attention sinks or "

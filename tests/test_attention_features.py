@@ -149,14 +149,36 @@ def largest_intermediate(seq, **features):
     return mode.largest
 
 
-@pytest.mark.parametrize("features", [{"softcap": 2.0}, {"window": 64}])
+def peak_live_bytes(seq, **features):
+    """Peak bytes of live tensors over forward + backward (the profiler's allocation events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layout = AttentionLayout.glm(torch.tensor([[0] * (seq - 64) + [1] * 64]), [seq])
+    q, k, v = qkv(layout)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        attention.layout_attention(q, k, v, layout, 0.3, **features).sum().backward()
+    live = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("features", [{"softcap": 2.0}, {"window": 64}, {"sinks": None}])
 def test_tiled_memory_is_linear_in_sequence_length(monkeypatch, features):
     monkeypatch.setattr(tiled_attention, "TILE_ELEMENTS", HEADS * 64 * 256)
+    if "sinks" in features:
+        features = {"sinks": torch.zeros(HEADS, requires_grad=True)}
     small, large = largest_intermediate(512, **features), largest_intermediate(1024, **features)
     rows = tiled_attention.MIN_ROWS
     assert large <= max(tiled_attention.TILE_ELEMENTS, HEADS * rows * 1024, HEADS * 1024 * DIM)
     assert large <= 2 * small + 1  # S doubled: at most doubled (an S^2 term would quadruple)
     assert large < HEADS * 1024 * 1024 / 8
+    # all live tensors together (a GLM row: one long context block, then a response block)
+    small, large = peak_live_bytes(512, **features), peak_live_bytes(1024, **features)
+    assert large <= 2.5 * small, (small, large)
+    assert large < HEADS * 1024 * 1024 * 4 / 4  # well under one fp32 S x S per head
 
 
 # ------------------------------------------------------------------------- whole models
