@@ -171,16 +171,17 @@ def focusft_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                       layout: AttentionLayout | None = None, **kwargs):
     """transformers attention-interface entry point (see module docstring).
 
-    Raises `UserError` for an attention argument or layer type whose math it cannot reproduce
-    (`focusft.attention_features`), before computing anything.
+    Under a layout, raises `UserError` for an attention argument or layer type whose math it
+    cannot reproduce (`attention_features`), before computing anything. Without one, the
+    model's own mask applies, and the call is what transformers' SDPA attention would do.
     """
-    feat = attention_features(module, query, kwargs)
     if layout is None or query.shape[2] != key.shape[2]:
-        if feat.softcap is None and feat.sinks is None:
+        softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+        if softcap is None and sinks is None:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, **kwargs)
-        return masked_attention(query, key, value, attention_mask, scaling, feat.softcap,
-                                feat.sinks, dropout), None
+        return masked_attention(query, key, value, attention_mask, scaling, softcap, sinks, dropout), None
+    feat = attention_features(module, query, kwargs)
     if query.shape[2] != layout.seq_len or query.shape[0] != len(layout.rows):
         raise ValueError(f"layout is for {len(layout.rows)} x {layout.seq_len} tokens, "
                          f"attention got {query.shape[0]} x {query.shape[2]}")

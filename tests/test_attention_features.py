@@ -309,6 +309,9 @@ def test_llama4_chunked_layers_are_refused_by_name():
     layout, batch = glm()
     with pytest.raises(UserError, match="llama4_text', layer 0.*'chunked_attention' layer"):
         model(batch["input_ids"], layout=layout)
+    got = model(batch["input_ids"]).logits  # no layout: the model's own (chunked) mask, as SDPA
+    model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(got, model(batch["input_ids"]).logits)
 
 
 def test_harmless_and_none_arguments_pass():
