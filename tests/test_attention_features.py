@@ -193,12 +193,14 @@ def tiny(family):
         return Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=3,
                                             max_window_layers=1))
     if family == "qwen2_moe":  # the window is a module attribute, not passed to the call
-        return Qwen2MoeForCausalLM(Qwen2MoeConfig(**common, use_sliding_window=True, sliding_window=3,
-                                                  max_window_layers=2, num_experts=2, num_experts_per_tok=1,
-                                                  moe_intermediate_size=16, shared_expert_intermediate_size=16))
+        cfg = Qwen2MoeConfig(**common, use_sliding_window=True, sliding_window=3, max_window_layers=2,
+                             num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
+                             shared_expert_intermediate_size=16)
+        return Qwen2MoeForCausalLM(cfg)
     if family == "gemma2":
-        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, sliding_window=3, query_pre_attn_scalar=8,
-                                               attn_logit_softcapping=1.0, final_logit_softcapping=None))
+        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, sliding_window=3,
+                                               query_pre_attn_scalar=8, attn_logit_softcapping=1.0,
+                                               final_logit_softcapping=None))
         with torch.no_grad():  # scores of a few units: the soft-cap binds
             for layer in model.model.layers:
                 layer.self_attn.q_proj.weight.mul_(20)
