@@ -17,9 +17,11 @@ CPU, small for a response block.
 
 What else a family's attention call asks for (`attention_features`):
 
-    sliding_window=W   blocks that W changes (e - k0 > W; window defined in `focusft.masks`)
-                       go through the tiled explicit math of `focusft.tiled_attention`; the
-                       others through SDPA as above, so W >= the row length changes nothing
+    sliding_window=W   blocks that W changes (e - k0 > W; window defined in `focusft.masks`):
+                       a response block through SDPA tile by tile (tiles of at most W queries,
+                       each with at most 2W keys and its own mask), a context block through the
+                       tiled explicit math of `focusft.tiled_attention`; the other blocks
+                       through SDPA as above, so W >= the row length changes nothing
     softcap=c          (Gemma 2) every block through the tiled explicit math
     s_aux=sinks        (GPT-OSS) every block through the tiled explicit math; gradients reach
                        the sink logits
@@ -29,8 +31,9 @@ What else a family's attention call asks for (`attention_features`):
 
 A layout that carries a FlexAttention ``BlockMask`` (`AttentionLayout.with_block_mask`, for
 CUDA, where FlexAttention compiles to fused kernels and has a backward) is computed by one
-``flex_attention`` call over the whole batch instead, a soft-cap as its ``score_mod``; with
-sinks or a window that changes a block it takes the tiled path above (exact on any device).
+``flex_attention`` call over the whole batch instead: a window through a BlockMask of the
+windowed key ranges, a soft-cap as its ``score_mod``; with sinks it takes the tiled path above
+(exact on any device).
 
 Without ``layout`` (generation, decoding with a KV cache) the call is exactly transformers' own
 SDPA attention, so a model using "focusft" behaves like "sdpa" everywhere else; with a soft-cap
@@ -72,6 +75,17 @@ def _block_attention(q, k, v, blk: Block, scale, dropout) -> torch.Tensor:
     )
 
 
+def _tile_attention(q, k, v, tile, scale, dropout) -> torch.Tensor:
+    """SDPA for one tile of a causal block under a window (`focusft.tiled_attention.Tile`):
+    queries [start, end) against keys [key_start, key_end) with the tile's (rows x keys) mask,
+    at most W + rows keys. q: (1, H, S, D); k, v: (1, Hkv, S, D). Returns (1, H, rows, D)."""
+    hidden = tile.hidden(q.device)
+    return F.scaled_dot_product_attention(
+        q[:, :, tile.start : tile.end], k[:, :, tile.key_start : tile.key_end],
+        v[:, :, tile.key_start : tile.key_end], attn_mask=None if hidden is None else ~hidden,
+        dropout_p=dropout, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
+
+
 def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dropout=0.0, *,
                      window: int | None = None, softcap: float | None = None,
                      sinks: torch.Tensor | None = None) -> torch.Tensor:
@@ -86,12 +100,15 @@ def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dro
     tiles, parts = [], []
     for b, blocks in enumerate(layout.rows):
         row = []
+        q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
         for blk in blocks:
-            if explicit or window_binds(blk, window):
+            if explicit or (window_binds(blk, window) and not blk.causal):
                 tiles += block_tiles(b, blk, window, query.shape[1])
+            elif window_binds(blk, window):  # causal under a window: SDPA tile by tile
+                row += [(t.start, _tile_attention(q, k, v, t, scale, dropout))
+                        for t in block_tiles(0, blk, window, query.shape[1])]
             else:
-                row.append((blk.start, _block_attention(query[b : b + 1], key[b : b + 1],
-                                                        value[b : b + 1], blk, scale, dropout)))
+                row.append((blk.start, _block_attention(q, k, v, blk, scale, dropout)))
         parts.append(row)
     if tiles and dropout:
         raise UserError(f"attention dropout {dropout:g} together with a soft-cap, attention sinks or "
@@ -128,10 +145,11 @@ _compiled_flex = None
 
 
 def flex_layout_attention(query, key, value, layout: AttentionLayout, scale=None,
-                          softcap: float | None = None) -> torch.Tensor:
+                          softcap: float | None = None, window: int | None = None) -> torch.Tensor:
     """FlexAttention over the layout's BlockMask (compiled on CUDA). (B, H, S, D) -> (B, S, H, D).
 
-    A soft-cap is a ``score_mod``: score -> softcap * tanh(score / softcap)."""
+    A window uses the layout's BlockMask under that window (`AttentionLayout.block_mask_for`); a
+    soft-cap is a ``score_mod``: score -> softcap * tanh(score / softcap)."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -144,8 +162,8 @@ def flex_layout_attention(query, key, value, layout: AttentionLayout, scale=None
         def score_mod(score, b, h, q, k):
             return softcap * torch.tanh(score / softcap)
     gqa = query.shape[1] != key.shape[1]
-    out = fn(query, key, value, score_mod=score_mod, block_mask=layout.block_mask, scale=scale,
-             enable_gqa=gqa)
+    out = fn(query, key, value, score_mod=score_mod, block_mask=layout.block_mask_for(window),
+             scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous()
 
 
@@ -153,29 +171,26 @@ def focusft_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                       layout: AttentionLayout | None = None, **kwargs):
     """transformers attention-interface entry point (see module docstring).
 
-    Raises `UserError` for an attention argument or layer type whose math it cannot reproduce
-    (`focusft.attention_features`), before computing anything.
+    Under a layout, raises `UserError` for an attention argument or layer type whose math it
+    cannot reproduce (`attention_features`), before computing anything. Without one, the
+    model's own mask applies, and the call is what transformers' SDPA attention would do.
     """
-    feat = attention_features(module, query, kwargs)
     if layout is None or query.shape[2] != key.shape[2]:
-        if feat.softcap is None and feat.sinks is None:
+        softcap, sinks = kwargs.get("softcap"), kwargs.get("s_aux")
+        if softcap is None and sinks is None:
             return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                           scaling=scaling, **kwargs)
-        return masked_attention(query, key, value, attention_mask, scaling, feat.softcap,
-                                feat.sinks, dropout), None
+        return masked_attention(query, key, value, attention_mask, scaling, softcap, sinks, dropout), None
+    feat = attention_features(module, query, kwargs)
     if query.shape[2] != layout.seq_len or query.shape[0] != len(layout.rows):
         raise ValueError(f"layout is for {len(layout.rows)} x {layout.seq_len} tokens, "
                          f"attention got {query.shape[0]} x {query.shape[2]}")
     if layout.tail is not None and getattr(module, "layer_idx", None) == layout.tail_layer:
         layout = layout.tail  # the last layer: only the rows that reach the loss
-    if layout.block_mask is not None and feat.sinks is None and not _binds(layout, feat.window):
-        return flex_layout_attention(query, key, value, layout, scaling, feat.softcap), None
+    if layout.block_mask is not None and feat.sinks is None:
+        return flex_layout_attention(query, key, value, layout, scaling, feat.softcap, feat.window), None
     return layout_attention(query, key, value, layout, scaling, dropout, window=feat.window,
                             softcap=feat.softcap, sinks=feat.sinks), None
-
-
-def _binds(layout: AttentionLayout, window: int | None) -> bool:
-    return window is not None and any(window_binds(b, window) for row in layout.rows for b in row)
 
 
 def masked_attention(query, key, value, attention_mask, scale=None, softcap=None, sinks=None,
@@ -287,8 +302,11 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 def use_focusft_attention(model) -> None:
-    """Switch `model` (a transformers PreTrainedModel) to the block-prefix attention."""
-    from . import models
+    """Switch `model` (a transformers PreTrainedModel) to the block-prefix attention, pass the
+    layout on in families whose layers drop it (`focusft.models`), and let the last layer's MLP
+    compute only the rows where logits are taken (`focusft.last_layer`)."""
+    from . import last_layer, models
 
     model.set_attn_implementation(NAME)
     models.prepare(model)  # families whose layers drop layout= get it passed on
+    last_layer.install(model)

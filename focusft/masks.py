@@ -142,26 +142,40 @@ class AttentionLayout:
     block_mask: Any = field(default=None, compare=False)  # FlexAttention BlockMask, if built
     tail: "AttentionLayout | None" = field(default=None, compare=False)  # see with_tail
     tail_layer: int = -1
+    tail_keep: Any = field(default=None, compare=False)  # (P,) positions needed in some row
+    window_masks: dict = field(default_factory=dict, compare=False, repr=False)  # block_mask_for
 
     def with_tail(self, needed: torch.Tensor, layer: int) -> "AttentionLayout":
         """This layout, whose decoder layer `layer` (the last one) computes attention only for
         the query positions in `needed` (B, S bool; see `query_blocks`); its other rows get
         zeros. Exact for any loss taken at `needed` positions only: those rows of the last
-        layer reach nothing else."""
+        layer reach nothing else. ``tail_keep``: the positions needed in at least one row (the
+        rows the last layer's MLP computes, `focusft.last_layer`)."""
         rows = tuple(tuple(query_blocks(blocks, row)) for blocks, row in zip(self.rows, needed.tolist()))
-        return replace(self, tail=AttentionLayout(rows, self.seq_len), tail_layer=layer)
+        keep = needed.any(0).nonzero(as_tuple=True)[0]
+        return replace(self, tail=AttentionLayout(rows, self.seq_len), tail_layer=layer, tail_keep=keep)
 
     def with_block_mask(self, device) -> "AttentionLayout":
         """This layout plus a FlexAttention BlockMask of the same key ranges (built once per batch)."""
+        return replace(self, block_mask=self._block_mask(device, None), window_masks={})
+
+    def block_mask_for(self, window: int | None):
+        """The BlockMask of this layout under a sliding window (built on first use, then kept)."""
+        if not any(window_binds(blk, window) for row in self.rows for blk in row):
+            return self.block_mask
+        if window not in self.window_masks:
+            self.window_masks[window] = self._block_mask(self.block_mask.kv_num_blocks.device, window)
+        return self.window_masks[window]
+
+    def _block_mask(self, device, window: int | None):
         from torch.nn.attention.flex_attention import create_block_mask
 
-        lo, hi = (t.to(device) for t in self.key_ranges())
+        lo, hi = (t.to(device) for t in self.key_ranges(window))
 
         def allowed(b, h, q, k):
             return (k >= lo[b, q]) & (k < hi[b, q])
 
-        mask = create_block_mask(allowed, len(self.rows), None, self.seq_len, self.seq_len, device=device)
-        return replace(self, block_mask=mask)
+        return create_block_mask(allowed, len(self.rows), None, self.seq_len, self.seq_len, device=device)
 
     @classmethod
     def glm(cls, loss_mask: torch.Tensor, lengths: Sequence[int],

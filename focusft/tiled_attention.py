@@ -59,17 +59,18 @@ class Tile:
     def hi(self, q: int) -> int:
         return q + 1 if self.block.causal else self.block.end
 
-    def mask(self, device) -> torch.Tensor | None:
-        """(queries, keys) bool, True where visible; None when every key is visible to every query."""
+    def hidden(self, device) -> torch.Tensor | None:
+        """(queries, keys) bool, True where a key is hidden; None when every key is visible."""
         last = self.end - 1
         if self.lo(last) == self.key_start and self.hi(self.start) == self.key_end:
             return None
         q = torch.arange(self.start, self.end, device=device)[:, None]
         k = torch.arange(self.key_start, self.key_end, device=device)[None]
-        lo = q.new_tensor(self.block.key_start) if self.window is None else \
-            (q - self.window + 1).clamp(min=self.block.key_start)
-        hi = q + 1 if self.block.causal else q.new_tensor(self.block.end)
-        return (k >= lo) & (k < hi)
+        hidden = k >= q + 1 if self.block.causal else None  # keys past the block end: not in range
+        if self.window is not None:
+            early = k <= q - self.window  # key_start <= k holds for every key of the tile
+            hidden = early if hidden is None else hidden | early
+        return hidden
 
 
 def tile_rows(heads: int, blk: Block, window: int | None) -> int:
@@ -100,18 +101,22 @@ def block_tiles(row: int, blk: Block, window: int | None, heads: int) -> list[Ti
 
 
 def _scores(query, key, t: Tile, scale, softcap, groups):
-    """float32 scores of one tile, (Hkv, G, rows, keys), masked; plus tanh(s / c) under a soft-cap."""
-    q = query[t.row, :, t.start : t.end].float()  # (H, T, D)
+    """float32 scores of one tile, (Hkv, G, rows, keys), masked (-inf where hidden).
+
+    Returns (q, k, s, capped): q already multiplied by scale (/ softcap), k, the scores, and
+    tanh(score / softcap) under a soft-cap (else None). The scale is folded into the small q.
+    """
+    q = query[t.row, :, t.start : t.end].float() * (scale if softcap is None else scale / softcap)
     q = q.unflatten(0, (-1, groups))  # (Hkv, G, T, D): head h uses kv head h // G (repeat_kv)
     k = key[t.row, :, t.key_start : t.key_end].float()[:, None]  # (Hkv, 1, L, D)
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale
+    s = torch.matmul(q, k.transpose(-1, -2))
     capped = None
     if softcap is not None:
-        capped = torch.tanh(s / softcap)
+        capped = s.tanh_()
         s = capped * softcap
-    mask = t.mask(query.device)
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
+    hidden = t.hidden(query.device)
+    if hidden is not None:
+        s.masked_fill_(hidden, float("-inf"))
     return q, k, s, capped
 
 
@@ -130,7 +135,7 @@ class _TiledAttention(torch.autograd.Function):
         for t in tiles:
             _, _, s, _ = _scores(query, key, t, scale, softcap, groups)
             lse_t = _logsumexp(s, _sink_logits(sinks, groups, t.end - t.start))  # (Hkv, G, T)
-            p = torch.exp(s - lse_t[..., None])
+            p = s.sub_(lse_t[..., None]).exp_()
             v = value[t.row, :, t.key_start : t.key_end].float()[:, None]  # (Hkv, 1, L, D)
             out[t.row, :, t.start : t.end] = torch.matmul(p, v).flatten(0, 1).to(out.dtype)
             lse[t.row, :, t.start : t.end] = lse_t.flatten(0, 1)
@@ -147,22 +152,21 @@ class _TiledAttention(torch.autograd.Function):
         dv = torch.zeros_like(value, dtype=torch.float32)
         dsink = None if sinks is None else torch.zeros(sinks.shape, dtype=torch.float32, device=sinks.device)
         delta = (dout.float() * out.float()).sum(-1)  # (B, H, S): D[q] = dout[q] . out[q]
+        k_factor = 1.0 if ctx.softcap is None else ctx.softcap  # q from _scores is scale / softcap
         for t in ctx.tiles:
             q, k, s, capped = _scores(query, key, t, ctx.scale, ctx.softcap, groups)
-            rows = slice(t.start, t.end)
+            rows, keys = slice(t.start, t.end), slice(t.key_start, t.key_end)
             lse_t = lse[t.row, :, rows].unflatten(0, (-1, groups))  # (Hkv, G, T)
             d_t = delta[t.row, :, rows].unflatten(0, (-1, groups))
-            p = torch.exp(s - lse_t[..., None])  # (Hkv, G, T, L)
+            p = s.sub_(lse_t[..., None]).exp_()  # (Hkv, G, T, L)
             do = dout[t.row, :, rows].float().unflatten(0, (-1, groups))  # (Hkv, G, T, D)
-            v = value[t.row, :, t.key_start : t.key_end].float()[:, None]
-            keys = slice(t.key_start, t.key_end)
+            v = value[t.row, :, keys].float()[:, None]
             dv[t.row, :, keys] += torch.matmul(p.transpose(-1, -2), do).sum(1)
-            ds = p * (torch.matmul(do, v.transpose(-1, -2)) - d_t[..., None])
+            ds = torch.matmul(do, v.transpose(-1, -2)).sub_(d_t[..., None]).mul_(p)
             if capped is not None:
-                ds = ds * (1 - capped * capped)
-            ds = ds * ctx.scale
-            dq[t.row, :, rows] = torch.matmul(ds, k).flatten(0, 1)
-            dk[t.row, :, keys] += torch.matmul(ds.transpose(-1, -2), q).sum(1)
+                ds.mul_(capped.square_().neg_().add_(1))  # d tanh = 1 - tanh^2
+            dq[t.row, :, rows] = torch.matmul(ds, k).flatten(0, 1).mul_(ctx.scale)
+            dk[t.row, :, keys] += torch.matmul(ds.transpose(-1, -2), q).sum(1).mul_(k_factor)
             if dsink is not None:
                 p_sink = torch.exp(_sink_logits(sinks, groups, t.end - t.start) - lse_t)
                 dsink -= (p_sink * d_t).sum(-1).flatten()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from focusft import attention  # noqa: F401
+from focusft import attention
 from focusft.masks import AttentionLayout, dense_mask
 from tiny import make_batch, tiny_llama, tiny_qwen2
 
@@ -68,7 +68,8 @@ def test_flex_block_mask_path_matches_sdpa_path_forward():
 
 
 @pytest.mark.parametrize("kind", ["glm", "causal"])
-def test_last_layer_tail_changes_nothing_at_needed_positions(kind):
+@pytest.mark.parametrize("mlp_rows", [False, True])
+def test_last_layer_tail_changes_nothing_at_needed_positions(kind, mlp_rows):
     batch = make_batch(LAYOUTS[0])
     lengths = batch["attention_mask"].sum(1).tolist()
     layout = (AttentionLayout.glm(batch["loss_mask"], lengths) if kind == "glm"
@@ -81,7 +82,13 @@ def test_last_layer_tail_changes_nothing_at_needed_positions(kind):
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
     last = model.config.num_hidden_layers - 1
+    if mlp_rows:  # the last layer's MLP computes only the needed rows (focusft.last_layer)
+        attention.use_focusft_attention(model)
+        calls = []
+        model.model.layers[last].mlp.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[1]))
     got = model(batch["input_ids"], layout=layout.with_tail(needed, last)).logits
+    if mlp_rows:
+        assert calls == [int(needed.any(0).sum())] and calls[0] < needed.shape[1]
     torch.testing.assert_close(got[needed], full[needed], rtol=1e-5, atol=1e-5)
     got[needed].square().sum().backward()
     for n, p in model.named_parameters():

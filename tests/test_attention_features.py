@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import (Gemma2Config, Gemma2ForCausalLM, GptOssConfig, GptOssForCausalLM,
-                          Llama4ForCausalLM, Llama4TextConfig, MistralConfig, MistralForCausalLM)
+                          Llama4ForCausalLM, Llama4TextConfig, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM)
 from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward as gemma2_eager
 from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward as gpt_oss_eager
 from transformers.models.mistral.modeling_mistral import eager_attention_forward as mistral_eager
@@ -148,14 +149,36 @@ def largest_intermediate(seq, **features):
     return mode.largest
 
 
-@pytest.mark.parametrize("features", [{"softcap": 2.0}, {"window": 64}])
+def peak_live_bytes(seq, **features):
+    """Peak bytes of live tensors over forward + backward (the profiler's allocation events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layout = AttentionLayout.glm(torch.tensor([[0] * (seq - 64) + [1] * 64]), [seq])
+    q, k, v = qkv(layout)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        attention.layout_attention(q, k, v, layout, 0.3, **features).sum().backward()
+    live = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]"):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("features", [{"softcap": 2.0}, {"window": 64}, {"sinks": None}])
 def test_tiled_memory_is_linear_in_sequence_length(monkeypatch, features):
     monkeypatch.setattr(tiled_attention, "TILE_ELEMENTS", HEADS * 64 * 256)
+    if "sinks" in features:
+        features = {"sinks": torch.zeros(HEADS, requires_grad=True)}
     small, large = largest_intermediate(512, **features), largest_intermediate(1024, **features)
     rows = tiled_attention.MIN_ROWS
     assert large <= max(tiled_attention.TILE_ELEMENTS, HEADS * rows * 1024, HEADS * 1024 * DIM)
     assert large <= 2 * small + 1  # S doubled: at most doubled (an S^2 term would quadruple)
     assert large < HEADS * 1024 * 1024 / 8
+    # all live tensors together (a GLM row: one long context block, then a response block)
+    small, large = peak_live_bytes(512, **features), peak_live_bytes(1024, **features)
+    assert large <= 2.5 * small, (small, large)
+    assert large < HEADS * 1024 * 1024 * 4 / 4  # well under one fp32 S x S per head
 
 
 # ------------------------------------------------------------------------- whole models
@@ -166,9 +189,18 @@ def tiny(family):
                   pad_token_id=0, attention_dropout=0.0)
     if family == "mistral":
         return MistralForCausalLM(MistralConfig(**common, sliding_window=3))
+    if family == "qwen2":  # sliding layers from max_window_layers on: one full, one sliding
+        return Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=3,
+                                            max_window_layers=1))
+    if family == "qwen2_moe":  # the window is a module attribute, not passed to the call
+        cfg = Qwen2MoeConfig(**common, use_sliding_window=True, sliding_window=3, max_window_layers=2,
+                             num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
+                             shared_expert_intermediate_size=16)
+        return Qwen2MoeForCausalLM(cfg)
     if family == "gemma2":
-        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, sliding_window=3, query_pre_attn_scalar=8,
-                                               attn_logit_softcapping=1.0, final_logit_softcapping=None))
+        model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, sliding_window=3,
+                                               query_pre_attn_scalar=8, attn_logit_softcapping=1.0,
+                                               final_logit_softcapping=None))
         with torch.no_grad():  # scores of a few units: the soft-cap binds
             for layer in model.model.layers:
                 layer.self_attn.q_proj.weight.mul_(20)
@@ -182,7 +214,7 @@ def tiny(family):
     return model
 
 
-@pytest.mark.parametrize("family", ["mistral", "gemma2", "gpt_oss"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen2_moe", "gemma2", "gpt_oss"])
 def test_causal_layout_equals_the_models_own_sliding_attention(family):
     batch = make_batch([[(4, 0), (5, 1)], [(6, 1)]])  # one padded row
     real = batch["attention_mask"].bool()
@@ -232,15 +264,25 @@ def test_without_layout_softcap_and_sinks_equal_eager(family):
     torch.testing.assert_close(got[mask.bool()], want[mask.bool()], **TOL)
 
 
-def test_flex_softcap_score_mod_forward_matches_tiled_path():
+@pytest.mark.parametrize("features", [{"softcap": 1.5}, {"window": 3}, {"window": 2, "softcap": 1.5},
+                                      {"window": 100}])
+def test_flex_score_mod_and_window_masks_forward_match_tiled_path(features):
     # FlexAttention has no CPU backward in torch 2.13: forward only (training with flex is CUDA).
     layout, _ = glm()
     q, k, v = (t.detach() for t in qkv(layout))
+    flex = layout.with_block_mask("cpu")
     with torch.no_grad():
-        want = attention.layout_attention(q, k, v, layout, 0.3, softcap=1.5)
-        got = attention.flex_layout_attention(q, k, v, layout.with_block_mask("cpu"), 0.3, softcap=1.5)
-    real = additive(layout)[1]
+        want = attention.layout_attention(q, k, v, layout, 0.3, **features)
+        got = attention.flex_layout_attention(q, k, v, flex, 0.3, **features)
+        via_entry, _ = attention.focusft_attention(module(), q, k, v, None, scaling=0.3, layout=flex,
+                                                   sliding_window=features.get("window"),
+                                                   softcap=features.get("softcap"))
+    real = additive(layout, features.get("window"))[1]
     torch.testing.assert_close(got[real], want[real], **TOL)
+    torch.testing.assert_close(via_entry, got)
+    if features.get("window", 100) < 100:
+        assert flex.block_mask_for(features["window"]) is not flex.block_mask  # built, then kept
+        assert flex.block_mask_for(features["window"]) is flex.window_masks[features["window"]]
 
 
 # ------------------------------------------------------------------------- refusals
@@ -269,6 +311,9 @@ def test_llama4_chunked_layers_are_refused_by_name():
     layout, batch = glm()
     with pytest.raises(UserError, match="llama4_text', layer 0.*'chunked_attention' layer"):
         model(batch["input_ids"], layout=layout)
+    got = model(batch["input_ids"]).logits  # no layout: the model's own (chunked) mask, as SDPA
+    model.set_attn_implementation("sdpa")
+    torch.testing.assert_close(got, model(batch["input_ids"]).logits)
 
 
 def test_harmless_and_none_arguments_pass():
@@ -286,3 +331,13 @@ def test_window_from_the_module_attribute_when_the_call_passes_none():
     torch.testing.assert_close(got, attention.layout_attention(q, k, v, layout, window=2))
     explicit, _ = attention.focusft_attention(stub, q, k, v, None, layout=layout, sliding_window=None)
     torch.testing.assert_close(explicit, attention.layout_attention(q, k, v, layout))
+
+
+@pytest.mark.parametrize("features", [{"softcap": 1.5}, {"window": 3}])
+def test_bfloat16_keeps_its_dtype_and_stays_close_to_float32(features):
+    layout, _ = glm()
+    q, k, v = (t.detach() for t in qkv(layout))
+    want = attention.layout_attention(q, k, v, layout, 0.3, **features)
+    got = attention.layout_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), layout, 0.3, **features)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from focusft import attention  # noqa: F401
+from focusft import attention
 from focusft.fast_weights import FastWeights
 from focusft.inner import InnerConfig
 from focusft.masks import AttentionLayout
@@ -81,7 +81,7 @@ def ref_step(model, batch, init, modules, steps, lr, clip, objective="response")
 
 # ----------------------------------------------------------------------------- ours
 def our_step(model, batch, steps, lr, clip, objective="response", seeds=(11, 12, 13), ckpt=False):
-    model.set_attn_implementation("focusft")
+    attention.use_focusft_attention(model)  # as the trainer does (last-layer MLP rows included)
     fast = FastWeights(model, rank=RANK, alpha=ALPHA)
     step = BilevelStep(model, fast, InnerConfig(steps=steps, lr=lr, clip=clip, objective=objective))
     lengths = batch["attention_mask"].sum(1).tolist()
