@@ -63,6 +63,10 @@ SPECS: dict[str, tuple[str, dict]] = {
     "olmo3": ("Olmo3Config", dict(FULL, sliding_window=4096)),
     "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=4, n_head=4, n_inner=96, n_positions=256)),
     "falcon": ("FalconConfig", dict(new_decoder_architecture=True, num_kv_heads=2, head_dim=None)),
+    "qwen3-next": ("Qwen3NextConfig", dict(MOE, shared_expert_intermediate_size=48, linear_num_value_heads=4,
+                                           linear_num_key_heads=2, linear_key_head_dim=16,
+                                           linear_value_head_dim=16,
+                                           layer_types=["linear_attention", "full_attention"] * 2)),
     "llama4-text": ("Llama4TextConfig", dict(MOE, attention_chunk_size=8, intermediate_size_mlp=96,
                                              layer_types=["chunked_attention", "full_attention"] * 2)),
 }
@@ -115,7 +119,9 @@ REFUSED = {
     "llama4-text": "chunked attention",
     "gpt2": "no Linear modules",
     "falcon": "AttentionInterface",
+    "qwen3-next": "linear_attention",
 }
+SFT_ONLY = {"gpt2"}  # SFT (GLM or causal) exact; FocuSFT refused
 EXACT = [n for n in SPECS if n not in REFUSED]
 
 
@@ -138,13 +144,14 @@ def supported_table() -> str:
         shown = {k: v for k, v in overrides.items() if k in NOTED}
         config = ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
         if name in REFUSED:
-            status, where = "refused", "-"
             try:
                 models.check_supported(model)
                 where = models.describe_targets(model)
             except Exception as err:  # the refusal itself
                 where = "-"
                 status = f"refused: {str(err).split(': ', 2)[-1].split('.')[0]}"
+            if name in SFT_ONLY:
+                status = f"SFT exact; FocuSFT {status}"
         else:
             status = f"pending: {PENDING[name]}" if name in PENDING else "exact"
             where = models.describe_targets(model)

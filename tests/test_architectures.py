@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from architectures import EXACT, PENDING, REFUSED, VOCAB, build, cases, supported_table
+from architectures import EXACT, REFUSED, SFT_ONLY, VOCAB, build, cases, supported_table
 from focusft import attention, models
 from focusft.errors import UserError
 from focusft.fast_weights import FastWeights
@@ -201,7 +201,7 @@ def tiny(name, scaled=False):
 
 
 # ----------------------------------------------------------------------------- the matrix
-@pytest.mark.parametrize("name", cases(EXACT))
+@pytest.mark.parametrize("name", cases(EXACT + sorted(SFT_ONLY)))
 def test_glm_layout_equals_eager_dense_mask(name):
     batch = make_batch(seed=1)
     model = tiny(name)
@@ -283,6 +283,25 @@ def test_unsupported_families_are_refused_clearly(name):
     with pytest.raises(UserError, match=REFUSED[name]):
         models.check_supported(model)
         FastWeights(model)
+
+
+def test_encoder_decoder_is_refused():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_ff=48, num_layers=1,
+                                                num_heads=2, d_kv=16))
+    with pytest.raises(UserError, match="encoder-decoder"):
+        models.check_supported(model)
+
+
+def test_bitsandbytes_linears_are_targets():
+    bnb = pytest.importorskip("bitsandbytes")
+    model = tiny("llama")
+    for layer in models.decoder_layers(model):
+        layer.mlp.up_proj = bnb.nn.Linear4bit(64, 96, bias=False)
+        layer.mlp.down_proj = bnb.nn.Linear8bitLt(96, 64, bias=False)
+    kinds = [type(m).__name__ for m in models.targets(models.decoder_layers(model)[3], None, 3)]
+    assert kinds == ["Linear", "Linear4bit", "Linear8bitLt"]
 
 
 def test_default_targets_are_structural():

@@ -106,3 +106,15 @@ def test_skip_model_check_still_refuses_unsupported_families(tmp_path):
     base = saved_model(tmp_path, "llama4-text")
     with pytest.raises(UserError, match="chunked attention"):
         train(config(tmp_path, base, skip_model_check=True))
+
+
+@pytest.mark.parametrize("name", ["llama", "mixtral", "gemma2"])
+def test_selfcheck_passes_in_bfloat16_and_still_catches_a_dropped_layout(name):
+    cfg = FocusConfig(output_dir="unused", use_cpu=True)
+    model = build(name).to(torch.bfloat16)
+    assert max(selfcheck.check_model(model, cfg).values()) < selfcheck.TOLERANCE[torch.bfloat16]
+    for layer in models.decoder_layers(model):
+        attn_forward = layer.self_attn.forward
+        layer.self_attn.forward = lambda *a, _f=attn_forward, **k: _f(*a, **{**k, "layout": None})
+    with pytest.raises(UserError, match="attention logits differs by"):
+        selfcheck.check_model(model, cfg)
