@@ -232,12 +232,13 @@ def test_bilevel_step_equals_dense_per_sample_reference(name, objective):
 
 
 @pytest.mark.parametrize("name", cases(["gemma2", "gemma3-text", "cohere", "cohere2", "granite",
-                                        "granitemoe"]))
+                                        "granitemoe", "vaultgemma", "nanochat", "hyperclovax",
+                                        "cohere2-moe", "minicpm3"]))
 def test_bilevel_step_with_binding_caps_and_scales(name):
     model = tiny(name, scaled=True)
     h = torch.randn(5, model.config.hidden_size)
     raw = model.get_output_embeddings()(models.final_norm(model)(h))
-    assert (models.logits_head(model)(h) - raw).abs().max() > 0.5  # the cap / scale binds
+    assert (models.logits_head(model)(h) - raw).abs().max() > 0.1  # binds: >> the tolerance
     run_bilevel(name, "response", scaled=True)
 
 
