@@ -329,3 +329,34 @@ def test_peft_tuner_layers_are_targets():
 def test_readme_supported_models_table_is_generated_from_the_matrix():
     readme = open(__file__.rsplit("/tests/", 1)[0] + "/README.md").read()
     assert supported_table() in readme, "regenerate with: python tests/architectures.py"
+
+
+@pytest.mark.parametrize("objective", ["response", "context"])
+def test_packing_changes_nothing_with_router_loss(objective):
+    """Mixtral (auxiliary loss in both loops, fast weights on attention): packed == unpacked."""
+    from focusft.data import Collator
+    from focusft.step import arm_inner, batch_layout
+
+    batch = make_batch(seed=6)
+    n = batch["attention_mask"].sum(1)
+    feats = [{"input_ids": batch["input_ids"][b, :n[b]].tolist(),
+              "loss_mask": batch["loss_mask"][b, :n[b]].int().tolist(), "sample_id": b} for b in range(len(ROWS))]
+
+    def run(collated):
+        model = tiny("mixtral")
+        attention.use_focusft_attention(model)
+        fast = FastWeights(model, rank=RANK, alpha=ALPHA)
+        step = BilevelStep(model, fast, InnerConfig(steps=2, objective=objective))
+        arm_inner(fast, step, collated, seeds=[5, 6], objective=objective)
+        loss, _ = outer_loss(model, collated, batch_layout(collated, "glm"), None)
+        loss.backward()
+        return loss, torch.stack(step.stats.losses), {k: p.grad for k, p in model.named_parameters()}
+
+    plain, packed = Collator(pad_id=0)(feats), Collator(pad_id=0, pack_to=48)(feats)
+    assert packed["input_ids"].shape[0] == 1
+    (l1, i1, g1), (l2, i2, g2) = run(plain), run(packed)
+    close(l2, l1, "loss")
+    close(i2, i1, "inner losses")
+    for name, g in g1.items():
+        if g is not None:
+            close(g2[name], g, name)
