@@ -118,3 +118,26 @@ def test_selfcheck_passes_in_bfloat16_and_still_catches_a_dropped_layout(name):
         layer.self_attn.forward = lambda *a, _f=attn_forward, **k: _f(*a, **{**k, "layout": None})
     with pytest.raises(UserError, match="attention logits differs by"):
         selfcheck.check_model(model, cfg)
+
+
+def test_failed_self_check_stops_training_before_anything_is_written(tmp_path, monkeypatch):
+    base = saved_model(tmp_path, "llama")
+    # as if focusft got the Llama head wrong: the self-check must see it, before any output
+    monkeypatch.setitem(models.FAMILIES, "llama", models.Family(post_logits=lambda m, logits: logits * 2))
+    with pytest.raises(UserError, match=r"model self-check failed for LlamaForCausalLM.*inner-loop logits"):
+        train(config(tmp_path, base))
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_prefix_and_diagnose_glm_refuse_before_writing(tmp_path, capsys):
+    from focusft.cli import main
+
+    base = saved_model(tmp_path, "llama4-text")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert main(["diagnose", "--model", str(base), "--data", str(data), "--mask", "glm",
+                 "--out", str(tmp_path / "diag")]) == 2
+    assert main(["eval", "--model", str(base), "--mask", "prefix", "--samples", "1", "--tasks", "qa1",
+                 "--lengths", "0k", "--out", str(tmp_path / "ev")]) == 2
+    assert "chunked attention" in capsys.readouterr().err
+    assert not (tmp_path / "diag").exists() and not (tmp_path / "ev").exists()
