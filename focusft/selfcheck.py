@@ -150,7 +150,7 @@ def _tolerance(model) -> float:
 def _attention_errors(model, attention: str, kernel: str = "sdpa") -> dict[str, float]:
     from . import attention as attn
 
-    batch = probe_batch(_vocab(model), own_device(model))
+    batch = probe_batch(_vocab(model), _device(model))
     layout = _layout(batch, attention, kernel)
     real = batch["attention_mask"].bool()
     with _as_is(model), models.prepared(model), torch.no_grad():
@@ -194,12 +194,12 @@ def _check_losses(model, cfg) -> dict[str, float]:
                 fast.strip()
                 step.remove()
         with torch.no_grad():
-            own_logits, own_loss = _own_forward(model, batch, _allowed(layout, own_device(model)))
+            own_logits, own_loss = _own_forward(model, batch, _allowed(layout, _device(model)))
             if captured:
                 inner_layout = layout if cfg.inner_objective == "response" else \
                     _layout(batch, "causal", cfg.attention_kernel)
                 inner_logits = own_logits if inner_layout is layout else \
-                    _own_forward(model, batch, _allowed(inner_layout, own_device(model)))[0]
+                    _own_forward(model, batch, _allowed(inner_layout, _device(model)))[0]
                 t = job_targets
                 errors["inner-loop logits"] = _rel(captured[0], inner_logits[t.rows, t.cols],
                                                    _robust(model))
@@ -207,7 +207,7 @@ def _check_losses(model, cfg) -> dict[str, float]:
     return errors
 
 
-def own_device(model):
+def _device(model):
     return next(model.parameters()).device
 
 
