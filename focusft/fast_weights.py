@@ -105,7 +105,9 @@ class FastWeights:
                 raise RuntimeError(f"fast weights hold {a.shape[0]} samples, batch has {x.shape[0]}")
             # (N, ..., in): positions may span more than one axis (MLA's (N, 1, S, r) latents)
             down = torch.bmm(x.flatten(1, -2), a.transpose(1, 2))  # (N, S, r)
-            return output + self.scale * torch.bmm(down, b.transpose(1, 2)).view(output.shape)
+            # output + s * down b^T as one kernel: no (N, S, out) temporaries for the scale and sum
+            out = torch.baddbmm(output.flatten(1, -2), down, b.transpose(1, 2), alpha=self.scale)
+            return out.view(output.shape)
         return add_fast
 
     def reset(self, seeds: list[int], device=None, segments=None) -> None:
