@@ -418,23 +418,6 @@ def prepare(model: nn.Module) -> list:
 
 
 @contextlib.contextmanager
-def prepared(model: nn.Module):
-    """`prepare` inside the block only: hooks added here are removed on exit."""
-    handles = prepare(model)
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        if handles:
-            del unwrap(model)._focusft_prepared
-            for layer in decoder_layers(model):
-                for m in layer.modules():
-                    if hasattr(m, _STASH):
-                        delattr(m, _STASH)
-
-
-@contextlib.contextmanager
 def kept_layouts(model: nn.Module):
     """Stored layouts are put back on exit (layer calls inside may run under another layout)."""
     mods = [m for layer in decoder_layers(model) for m in layer.children() if hasattr(m, _STASH)]

@@ -68,16 +68,33 @@ def _allowed(layout: AttentionLayout, device) -> torch.Tensor:
     return dense_mask(lo, hi)[:, 0].to(device)  # (B, S, S); pad rows see nothing
 
 
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_HOOK_FLAGS = ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+               "_forward_pre_hooks_with_kwargs")
+
+
 @contextlib.contextmanager
 def _as_is(model):
-    """Restore the attention implementation and train/eval mode on exit; eval inside."""
+    """Eval mode inside; on exit the attention implementation, train/eval mode, hooks and
+    attributes are as they were (what switching to focusft's attention installs is removed)."""
     impl, training = model.config._attn_implementation, model.training
+    modules = list(model.modules())
+    hooks = [{name: set(getattr(m, name)) for name in _HOOKS} for m in modules]
+    attrs = [set(vars(m)) for m in modules]
     model.eval()
     try:
         yield
     finally:
         model.set_attn_implementation(impl)
         model.train(training)
+        for m, had_hooks, had_attrs in zip(modules, hooks, attrs):
+            for name in _HOOKS:
+                for key in set(getattr(m, name)) - had_hooks[name]:
+                    del getattr(m, name)[key]  # what RemovableHandle.remove does
+                    for flags in _HOOK_FLAGS:
+                        getattr(m, flags).pop(key, None)
+            for attr in set(vars(m)) - had_attrs:
+                delattr(m, attr)
 
 
 def _own_forward(model, batch, allowed):
@@ -153,7 +170,7 @@ def _attention_errors(model, attention: str, kernel: str = "sdpa") -> dict[str, 
     batch = probe_batch(_vocab(model), _device(model))
     layout = _layout(batch, attention, kernel)
     real = batch["attention_mask"].bool()
-    with _as_is(model), models.prepared(model), torch.no_grad():
+    with _as_is(model), torch.no_grad():
         attn.use_focusft_attention(model)
         try:
             ours = model(input_ids=batch["input_ids"], layout=layout, use_cache=False).logits
@@ -174,7 +191,7 @@ def _check_losses(model, cfg) -> dict[str, float]:
     batch = probe_batch(_vocab(model), next(model.parameters()).device)
     layout = _layout(batch, cfg.attention, cfg.attention_kernel)
     errors, captured = {}, []
-    with _as_is(model), models.prepared(model):
+    with _as_is(model):
         attn.use_focusft_attention(model)
         fast = step = None
         try:

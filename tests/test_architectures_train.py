@@ -88,16 +88,13 @@ def _hooks(model):
 @pytest.mark.parametrize("name", ["stablelm", "mixtral"])
 def test_selfcheck_leaves_the_model_as_it_was(name):
     model = build(name).train()
-    # transformers installs its own output recorders on the first forward that asks for router
-    # logits (any training step does); installed here first, so that the comparison sees ours
-    model(torch.tensor([[3, 4]]), output_router_logits=models.aux_loss(model) is not None)
     impl, hooks = model.config._attn_implementation, _hooks(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     errors = selfcheck.check_model(model, FocusConfig(output_dir="unused", use_cpu=True))
     assert max(errors.values()) < 1e-5 and set(errors) == {"attention logits", "inner-loop logits",
                                                            "outer loss"}
     assert model.training and model.config._attn_implementation == impl
-    assert _hooks(model) == hooks
+    assert _hooks(model) == hooks and not hasattr(model, "_focusft_prepared")
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert not any(p.grad is not None for p in model.parameters())
 
