@@ -178,17 +178,25 @@ def check_supported(model: nn.Module) -> None:
 
 
 def decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack: ``get_decoder()``, or its one child that holds the layer list
+    (Llama4ForCausalLM's ``get_decoder()`` is the model itself; its stack is ``model``)."""
     model = unwrap(model)
-    return model.get_decoder() if hasattr(model, "get_decoder") else model
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else model
+    if _layer_list(dec) is None:
+        dec = next((c for c in dec.children() if _layer_list(c) is not None), dec)
+    return dec
+
+
+def _layer_list(module: nn.Module) -> nn.ModuleList | None:
+    return next((getattr(module, n) for n in LAYER_LIST_NAMES
+                 if isinstance(getattr(module, n, None), nn.ModuleList)), None)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder's list of layers."""
-    dec = decoder(model)
-    for name in LAYER_LIST_NAMES:
-        layers = getattr(dec, name, None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
+    layers = _layer_list(decoder(model))
+    if layers is not None:
+        return layers
     raise UserError(f"{type(unwrap(model)).__name__}: cannot find the decoder layers (looked for "
                     f"{' / '.join(LAYER_LIST_NAMES)} on its decoder); fast weights need a "
                     "decoder-only LM")

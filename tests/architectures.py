@@ -78,6 +78,8 @@ SPECS: dict[str, tuple[str, dict]] = {
                                            linear_num_key_heads=2, linear_key_head_dim=16,
                                            linear_value_head_dim=16,
                                            layer_types=["linear_attention", "full_attention"] * 2)),
+    "llama4-text-full": ("Llama4TextConfig", dict(MOE, **FULL, attention_chunk_size=None,
+                                                  intermediate_size_mlp=96)),
     "llama4-text": ("Llama4TextConfig", dict(MOE, attention_chunk_size=8, intermediate_size_mlp=96,
                                              layer_types=["chunked_attention", "full_attention"] * 2)),
 }
