@@ -10,11 +10,15 @@ holds only what the structure cannot tell):
     logits_head(model)      h -> logits exactly as ``*ForCausalLM.forward`` computes them from the
                             last decoder layer's output::
 
-                                logits = post(lm_head(norm(h)))
-                                post:  Gemma2/Gemma3   cap * tanh(logits / cap)  (final_logit_softcapping)
-                                       Cohere/Cohere2  logits * logit_scale
-                                       Granite(MoE)    logits / logits_scaling
-                                       others          identity
+                                logits = post(lm_head(pre(norm(h))))
+                                post: Gemma2/3/4, VaultGemma, NanoChat  cap * tanh(logits / cap)
+                                      Cohere, Cohere2(-MoE)             logits * logit_scale
+                                      Granite(-MoE, -SWA, -hybrid)      logits / logits_scaling
+                                      HyperCLOVA X                      logits * logits_scaling
+                                      Falcon-H1                         logits * lm_head_multiplier
+                                      Inkling                           logits[..., :unpadded_vocab]
+                                pre:  MiniCPM3                          h / logits_scaling
+                                (identity elsewhere; `focusft.selfcheck` verifies it at run time)
 
     default_targets(layer)  the Linears of the layer's MLP block (``mlp`` | ``feed_forward``),
                             fused ones included (Phi-3 / GLM4 ``gate_up_proj``). In a
@@ -80,11 +84,29 @@ def _logits_scaling(model, logits):
     return logits / model.config.logits_scaling
 
 
+def _logits_times_scaling(model, logits):  # MuP (HyperCLOVA X): multiplies where Granite divides
+    return logits * model.config.logits_scaling
+
+
+def _lm_head_multiplier(model, logits):
+    return logits * model.model.lm_head_multiplier
+
+
+def _unpadded_vocab(model, logits):
+    n = model.config.unpadded_vocab_size
+    return logits[..., :n] if n is not None and n < logits.shape[-1] else logits
+
+
+def _hidden_over_scaling(model, hidden):  # MiniCPM3: hidden states scaled before the LM head
+    return hidden / model.config.logits_scaling
+
+
 @dataclass(frozen=True)
 class Family:
     """What the structure does not tell about a family (keyed by ``config.model_type``)."""
 
     post_logits: Callable | None = None  # (model, logits) -> logits after lm_head
+    pre_head: Callable | None = None  # (model, hidden) -> hidden between the final norm and lm_head
     carries_layout: bool = True  # False: the decoder layer drops layout= (hooks forward it)
     refused: str | None = None  # why focusft cannot run it exactly
 
@@ -92,11 +114,22 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "gemma2": Family(post_logits=_softcap),
     "gemma3_text": Family(post_logits=_softcap),
+    "gemma4_text": Family(post_logits=_softcap),
+    "vaultgemma": Family(post_logits=_softcap),
+    "nanochat": Family(post_logits=_softcap),
     "cohere": Family(post_logits=_logit_scale),
     "cohere2": Family(post_logits=_logit_scale),
+    "cohere2_moe": Family(post_logits=_logit_scale),
     "granite": Family(post_logits=_logits_scaling),
+    "granite_swa": Family(post_logits=_logits_scaling),
     "granitemoe": Family(post_logits=_logits_scaling),
+    "granitemoe_swa": Family(post_logits=_logits_scaling),
     "granitemoeshared": Family(post_logits=_logits_scaling),
+    "granitemoehybrid": Family(post_logits=_logits_scaling),
+    "hyperclovax": Family(post_logits=_logits_times_scaling),
+    "falcon_h1": Family(post_logits=_lm_head_multiplier),
+    "inkling_text": Family(post_logits=_unpadded_vocab),
+    "minicpm3": Family(pre_head=_hidden_over_scaling),
     "stablelm": Family(carries_layout=False),
     "nemotron": Family(carries_layout=False),
     "falcon": Family(refused="its attention does not go through transformers' AttentionInterface, "
@@ -145,17 +178,25 @@ def check_supported(model: nn.Module) -> None:
 
 
 def decoder(model: nn.Module) -> nn.Module:
+    """The decoder stack: ``get_decoder()``, or its one child that holds the layer list
+    (Llama4ForCausalLM's ``get_decoder()`` is the model itself; its stack is ``model``)."""
     model = unwrap(model)
-    return model.get_decoder() if hasattr(model, "get_decoder") else model
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else model
+    if _layer_list(dec) is None:
+        dec = next((c for c in dec.children() if _layer_list(c) is not None), dec)
+    return dec
+
+
+def _layer_list(module: nn.Module) -> nn.ModuleList | None:
+    return next((getattr(module, n) for n in LAYER_LIST_NAMES
+                 if isinstance(getattr(module, n, None), nn.ModuleList)), None)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder's list of layers."""
-    dec = decoder(model)
-    for name in LAYER_LIST_NAMES:
-        layers = getattr(dec, name, None)
-        if isinstance(layers, nn.ModuleList):
-            return layers
+    layers = _layer_list(decoder(model))
+    if layers is not None:
+        return layers
     raise UserError(f"{type(unwrap(model)).__name__}: cannot find the decoder layers (looked for "
                     f"{' / '.join(LAYER_LIST_NAMES)} on its decoder); fast weights need a "
                     "decoder-only LM")
@@ -176,10 +217,11 @@ def logits_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """h (..., hidden) from the last decoder layer -> logits, exactly as the model computes them."""
     inner = unwrap(model)
     norm, lm_head = final_norm(inner), inner.get_output_embeddings()
-    post = family(inner).post_logits
+    pre, post = family(inner).pre_head, family(inner).post_logits
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
-        logits = lm_head(norm(hidden))
+        hidden = norm(hidden)
+        logits = lm_head(hidden if pre is None else pre(inner, hidden))
         return logits if post is None else post(inner, logits)
     return head
 
@@ -226,8 +268,11 @@ def default_targets(layer: nn.Module, layer_idx: int) -> list[tuple[str, nn.Modu
                             "block to host the fast weights")
     found = [(f"{block[0]}.{n}", m) for n, m in linears(block[1])]
     if not found:
+        kinds = sorted({type(m).__name__ for m in block[1].modules()
+                        if isinstance(getattr(m, "weight", None), torch.Tensor)})
         raise UserError(f"layer {layer_idx}: its {block[0]} block has no Linear modules for fast "
-                        "weights; name them with --fast_target_modules")
+                        f"weights (its projections are {kinds}; fast weights hook nn.Linear, PEFT "
+                        "and bitsandbytes Linears only)")
     return found
 
 
@@ -378,23 +423,6 @@ def prepare(model: nn.Module) -> list:
         handles.append(attn[1].register_forward_pre_hook(_pass_layout, with_kwargs=True))
     inner._focusft_prepared = True
     return handles
-
-
-@contextlib.contextmanager
-def prepared(model: nn.Module):
-    """`prepare` inside the block only: hooks added here are removed on exit."""
-    handles = prepare(model)
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-        if handles:
-            del unwrap(model)._focusft_prepared
-            for layer in decoder_layers(model):
-                for m in layer.modules():
-                    if hasattr(m, _STASH):
-                        delattr(m, _STASH)
 
 
 @contextlib.contextmanager

@@ -61,8 +61,25 @@ SPECS: dict[str, tuple[str, dict]] = {
     "glm": ("GlmConfig", {}),
     "ernie4.5": ("Ernie4_5Config", {}),
     "olmo3": ("Olmo3Config", dict(FULL, sliding_window=4096)),
+    "olmo": ("OlmoConfig", {}),
+    "exaone4": ("Exaone4Config", dict(FULL, sliding_window=4096)),
+    "seed-oss": ("SeedOssConfig", {}),
+    "hunyuan-dense": ("HunYuanDenseV1Config", {}),
+    "vaultgemma": ("VaultGemmaConfig", dict(FULL, final_logit_softcapping=5.0, attn_logit_softcapping=None)),
+    "nanochat": ("NanoChatConfig", dict(final_logit_softcapping=5.0)),
+    "hyperclovax": ("HyperCLOVAXConfig", dict(logits_scaling=4.0)),
+    "cohere2-moe": ("Cohere2MoeConfig", dict(MOE, **FULL, logit_scale=4.0, sliding_window=4096)),
+    "minicpm3": ("MiniCPM3Config", dict(dim_model_base=16, q_lora_rank=32, kv_lora_rank=16,
+                                        qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                                        num_key_value_heads=4, head_dim=8)),
     "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=4, n_head=4, n_inner=96, n_positions=256)),
     "falcon": ("FalconConfig", dict(new_decoder_architecture=True, num_kv_heads=2, head_dim=None)),
+    "qwen3-next": ("Qwen3NextConfig", dict(MOE, shared_expert_intermediate_size=48, linear_num_value_heads=4,
+                                           linear_num_key_heads=2, linear_key_head_dim=16,
+                                           linear_value_head_dim=16,
+                                           layer_types=["linear_attention", "full_attention"] * 2)),
+    "llama4-text-full": ("Llama4TextConfig", dict(MOE, **FULL, attention_chunk_size=None,
+                                                  intermediate_size_mlp=96)),
     "llama4-text": ("Llama4TextConfig", dict(MOE, attention_chunk_size=8, intermediate_size_mlp=96,
                                              layer_types=["chunked_attention", "full_attention"] * 2)),
 }
@@ -107,7 +124,9 @@ REFUSED = {
     "llama4-text": "chunked attention",
     "gpt2": "no Linear modules",
     "falcon": "AttentionInterface",
+    "qwen3-next": "linear_attention",
 }
+SFT_ONLY = {"gpt2"}  # SFT (GLM or causal) exact; FocuSFT refused
 EXACT = [n for n in SPECS if n not in REFUSED]
 
 
@@ -130,13 +149,14 @@ def supported_table() -> str:
         shown = {k: v for k, v in overrides.items() if k in NOTED}
         config = ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults"
         if name in REFUSED:
-            status, where = "refused", "-"
             try:
                 models.check_supported(model)
                 where = models.describe_targets(model)
             except Exception as err:  # the refusal itself
                 where = "-"
                 status = f"refused: {str(err).split(': ', 2)[-1].split('.')[0]}"
+            if name in SFT_ONLY:
+                status = f"SFT exact; FocuSFT {status}"
         else:
             status = f"pending: {PENDING[name]}" if name in PENDING else "exact"
             where = models.describe_targets(model)
@@ -145,7 +165,7 @@ def supported_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-NOTED = ("sliding_window", "attn_logit_softcapping", "final_logit_softcapping", "logit_scale",
+NOTED = ("sliding_window", "dim_model_base", "attn_logit_softcapping", "final_logit_softcapping", "logit_scale",
          "logits_scaling", "num_local_experts", "n_routed_experts", "attention_chunk_size",
          "first_k_dense_replace", "n_shared_experts", "shared_expert_intermediate_size")
 

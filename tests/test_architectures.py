@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from architectures import EXACT, PENDING, REFUSED, VOCAB, build, cases, supported_table
+from architectures import EXACT, REFUSED, SFT_ONLY, VOCAB, build, cases, supported_table
 from focusft import attention, models
 from focusft.errors import UserError
 from focusft.fast_weights import FastWeights
@@ -201,7 +201,7 @@ def tiny(name, scaled=False):
 
 
 # ----------------------------------------------------------------------------- the matrix
-@pytest.mark.parametrize("name", cases(EXACT))
+@pytest.mark.parametrize("name", cases(EXACT + sorted(SFT_ONLY)))
 def test_glm_layout_equals_eager_dense_mask(name):
     batch = make_batch(seed=1)
     model = tiny(name)
@@ -232,12 +232,13 @@ def test_bilevel_step_equals_dense_per_sample_reference(name, objective):
 
 
 @pytest.mark.parametrize("name", cases(["gemma2", "gemma3-text", "cohere", "cohere2", "granite",
-                                        "granitemoe"]))
+                                        "granitemoe", "vaultgemma", "nanochat", "hyperclovax",
+                                        "cohere2-moe", "minicpm3"]))
 def test_bilevel_step_with_binding_caps_and_scales(name):
     model = tiny(name, scaled=True)
     h = torch.randn(5, model.config.hidden_size)
     raw = model.get_output_embeddings()(models.final_norm(model)(h))
-    assert (models.logits_head(model)(h) - raw).abs().max() > 0.5  # the cap / scale binds
+    assert (models.logits_head(model)(h) - raw).abs().max() > 0.1  # binds: >> the tolerance
     run_bilevel(name, "response", scaled=True)
 
 
@@ -285,6 +286,25 @@ def test_unsupported_families_are_refused_clearly(name):
         FastWeights(model)
 
 
+def test_encoder_decoder_is_refused():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration(T5Config(vocab_size=VOCAB, d_model=32, d_ff=48, num_layers=1,
+                                                num_heads=2, d_kv=16))
+    with pytest.raises(UserError, match="encoder-decoder"):
+        models.check_supported(model)
+
+
+def test_bitsandbytes_linears_are_targets():
+    bnb = pytest.importorskip("bitsandbytes")
+    model = tiny("llama")
+    for layer in models.decoder_layers(model):
+        layer.mlp.up_proj = bnb.nn.Linear4bit(64, 96, bias=False)
+        layer.mlp.down_proj = bnb.nn.Linear8bitLt(96, 64, bias=False)
+    kinds = [type(m).__name__ for m in models.targets(models.decoder_layers(model)[3], None, 3)]
+    assert kinds == ["Linear", "Linear4bit", "Linear8bitLt"]
+
+
 def test_default_targets_are_structural():
     by = {n: models.describe_targets(tiny(n)) for n in ("llama", "phi3", "phi", "gpt-neox", "qwen2-moe",
                                                        "deepseek-v3", "mixtral")}
@@ -309,3 +329,48 @@ def test_peft_tuner_layers_are_targets():
 def test_readme_supported_models_table_is_generated_from_the_matrix():
     readme = open(__file__.rsplit("/tests/", 1)[0] + "/README.md").read()
     assert supported_table() in readme, "regenerate with: python tests/architectures.py"
+
+
+@pytest.mark.parametrize("objective", ["response", "context"])
+def test_packing_changes_nothing_with_router_loss(objective):
+    """Mixtral (auxiliary loss in both loops, fast weights on attention): packed == unpacked."""
+    from focusft.data import Collator
+    from focusft.step import arm_inner, batch_layout
+
+    batch = make_batch(seed=6)
+    n = batch["attention_mask"].sum(1)
+    feats = [{"input_ids": batch["input_ids"][b, :n[b]].tolist(),
+              "loss_mask": batch["loss_mask"][b, :n[b]].int().tolist(), "sample_id": b} for b in range(len(ROWS))]
+
+    def run(collated):
+        model = tiny("mixtral")
+        attention.use_focusft_attention(model)
+        fast = FastWeights(model, rank=RANK, alpha=ALPHA)
+        step = BilevelStep(model, fast, InnerConfig(steps=2, objective=objective))
+        arm_inner(fast, step, collated, seeds=[5, 6], objective=objective)
+        loss, _ = outer_loss(model, collated, batch_layout(collated, "glm"), None)
+        loss.backward()
+        return loss, torch.stack(step.stats.losses), {k: p.grad for k, p in model.named_parameters()}
+
+    plain, packed = Collator(pad_id=0)(feats), Collator(pad_id=0, pack_to=48)(feats)
+    assert packed["input_ids"].shape[0] == 1
+    (l1, i1, g1), (l2, i2, g2) = run(plain), run(packed)
+    close(l2, l1, "loss")
+    close(i2, i1, "inner losses")
+    for name, g in g1.items():
+        if g is not None:
+            close(g2[name], g, name)
+
+
+@pytest.mark.parametrize("objective", ["response", "context"])
+def test_gpt_oss_is_exact_apart_from_its_sinks(objective, monkeypatch):
+    """With its sink logits at -1e4 (no sink mass) GPT-OSS is exact today: what is pending for it
+    is the sinks alone (router loss, attention targets and head already match)."""
+    model = tiny("gpt-oss")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("sinks"):
+                p.fill_(-1e4)
+    monkeypatch.setitem(_CACHE, ("gpt-oss", False), model)
+    test_glm_layout_equals_eager_dense_mask("gpt-oss")
+    run_bilevel("gpt-oss", objective, scaled=False)

@@ -88,16 +88,13 @@ def _hooks(model):
 @pytest.mark.parametrize("name", ["stablelm", "mixtral"])
 def test_selfcheck_leaves_the_model_as_it_was(name):
     model = build(name).train()
-    # transformers installs its own output recorders on the first forward that asks for router
-    # logits (any training step does); installed here first, so that the comparison sees ours
-    model(torch.tensor([[3, 4]]), output_router_logits=models.aux_loss(model) is not None)
     impl, hooks = model.config._attn_implementation, _hooks(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     errors = selfcheck.check_model(model, FocusConfig(output_dir="unused", use_cpu=True))
     assert max(errors.values()) < 1e-5 and set(errors) == {"attention logits", "inner-loop logits",
                                                            "outer loss"}
     assert model.training and model.config._attn_implementation == impl
-    assert _hooks(model) == hooks
+    assert _hooks(model) == hooks and not hasattr(model, "_focusft_prepared")
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert not any(p.grad is not None for p in model.parameters())
 
@@ -106,3 +103,38 @@ def test_skip_model_check_still_refuses_unsupported_families(tmp_path):
     base = saved_model(tmp_path, "llama4-text")
     with pytest.raises(UserError, match="chunked attention"):
         train(config(tmp_path, base, skip_model_check=True))
+
+
+@pytest.mark.parametrize("name", ["llama", "mixtral", "gemma2"])
+def test_selfcheck_passes_in_bfloat16_and_still_catches_a_dropped_layout(name):
+    cfg = FocusConfig(output_dir="unused", use_cpu=True)
+    model = build(name).to(torch.bfloat16)
+    assert max(selfcheck.check_model(model, cfg).values()) < selfcheck.TOLERANCE[torch.bfloat16]
+    for layer in models.decoder_layers(model):
+        attn_forward = layer.self_attn.forward
+        layer.self_attn.forward = lambda *a, _f=attn_forward, **k: _f(*a, **{**k, "layout": None})
+    with pytest.raises(UserError, match="attention logits differs by"):
+        selfcheck.check_model(model, cfg)
+
+
+def test_failed_self_check_stops_training_before_anything_is_written(tmp_path, monkeypatch):
+    base = saved_model(tmp_path, "llama")
+    # as if focusft got the Llama head wrong: the self-check must see it, before any output
+    monkeypatch.setitem(models.FAMILIES, "llama", models.Family(post_logits=lambda m, logits: logits * 2))
+    with pytest.raises(UserError, match=r"model self-check failed for LlamaForCausalLM.*inner-loop logits"):
+        train(config(tmp_path, base))
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_prefix_and_diagnose_glm_refuse_before_writing(tmp_path, capsys):
+    from focusft.cli import main
+
+    base = saved_model(tmp_path, "llama4-text")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert main(["diagnose", "--model", str(base), "--data", str(data), "--mask", "glm",
+                 "--out", str(tmp_path / "diag")]) == 2
+    assert main(["eval", "--model", str(base), "--mask", "prefix", "--samples", "1", "--tasks", "qa1",
+                 "--lengths", "0k", "--out", str(tmp_path / "ev")]) == 2
+    assert "chunked attention" in capsys.readouterr().err
+    assert not (tmp_path / "diag").exists() and not (tmp_path / "ev").exists()
