@@ -39,7 +39,8 @@ def small(**kw):
 
 
 def test_model_by_name_messages_list_and_evaluate(model_dir, tmp_path):
-    args = FocusConfig(output_dir=str(tmp_path / "run"), fast_rank=4, max_length=128, **small())
+    args = FocusConfig(output_dir=str(tmp_path / "run"), fast_rank=4, max_length=128,
+                       eval_inner_loop=True, **small())
     trainer = FocusTrainer(model=str(model_dir), args=args, train_dataset=ROWS, eval_dataset=ROWS[:3])
     assert trainer.model.config._attn_implementation != "focusft" and hooks(trainer.model) == 0
     trainer.train()
