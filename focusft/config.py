@@ -50,6 +50,12 @@ class FocusConfig(TrainingArguments):
     packing: bool = field(default=False, metadata=_help(
         "Pack the samples of a micro-batch into rows of at most --max_length tokens (no "
         "attention across samples; each keeps its own fast weights and positions)."))
+    empty_think_loss: bool = field(default=False, metadata=_help(
+        "Train the empty think block (<think></think>) a chat template inserts into an assistant "
+        "turn that has no reasoning (Qwen3-style templates). False: it is context. Reasoning the "
+        "data supplies is trained wherever the template renders it."))
+    dataset_num_proc: int | None = field(default=None, metadata=_help(
+        "Processes that tokenize the data (datasets' map num_proc). Unset: one."))
     trust_remote_code: bool = field(default=False, metadata=_help(
         "Allow model/tokenizer code from the model directory to run. Off unless you ask."))
     # --- outer PEFT: LoRA / QLoRA as what the outer loop trains (TRL's names) --------------
@@ -95,8 +101,15 @@ class FocusConfig(TrainingArguments):
     fast_layer_fraction: float = field(default=0.35, metadata=_help(
         "Fraction of top decoder layers with fast weights: layers int(L*(1-f)) .. L-1."))
     fast_target_modules: list[str] = field(
-        default_factory=lambda: ["gate_proj", "up_proj", "down_proj"],
-        metadata=_help("Names of the Linear modules in each adapted layer that get fast weights."))
+        default_factory=lambda: ["auto"],
+        metadata=_help("Names of the Linear modules in each adapted layer that get fast weights; "
+                       "auto: every Linear of the layer's MLP (gate_proj, up_proj, down_proj on "
+                       "Llama-style models), the attention projections in mixture-of-experts "
+                       "layers (README 'Supported models')."))
+    skip_model_check: bool = field(default=False, metadata=_help(
+        "UNSAFE: skip the model self-check before the first step (focusft's attention, inner-loop "
+        "logits and loss compared with the model's own eager forward on a tiny probe). Without it "
+        "an unsupported architecture can train silently wrong."))
     eval_inner_loop: bool = field(default=False, metadata=_help(
         "With --method focusft, evaluation also reports eval_focus_loss: the loss after the inner "
         "loop has adapted fresh fast weights on each eval sample (the inner loop's K forward + "

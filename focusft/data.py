@@ -6,19 +6,15 @@ Pipeline and contract
    becomes a ``datasets.Dataset`` (a saved ``DatasetDict`` contributes its ``"train"`` split).
 2. ``normalize_row(row, where)``: one row becomes ``(messages, tools)``. A row holds either
    ``messages`` (+ optional ``tools``) or a ``prompt``/``completion`` pair (strings or message lists).
-3. ``tokenize_conversation``: the conversation is rendered once with the tokenizer's chat template
-   and tokenized once. The loss mask is found in *character* space, then mapped to tokens:
-
-   For every assistant message i let ``P_i = render(m[:i], add_generation_prompt=True)`` and
-   ``F_i = render(m[:i+1])``. If the template renders each turn independently of later turns,
-   both are prefixes of the full render ``R``; the assistant's text (content + end-of-turn marker)
-   is then the char span ``S_i = [len(P_i), len(rstrip(F_i)))``. The header is inside ``P_i`` and
-   trailing whitespace after the marker is layout, so neither is trained on.
-   With offsets ``(s_t, e_t)`` of token t in R:  ``loss_mask[t] = 1  iff  s_t in some S_i``.
-
-4. ``tokenize_rows``: applies 2-3 to every row, truncates to ``max_length`` (error/left/right) and
-   drops rows without any trainable token. Output columns: ``input_ids``, ``loss_mask``,
-   ``sample_id`` (0-based row index in the source, stable across runs) and ``length``.
+3. ``focusft.templates.ChatEncoder``: the conversation is rendered with the tokenizer's chat
+   template and tokenized once; the loss mask comes from character spans of what the assistant
+   wrote, found by one of three rules (``generation`` markers, ``prefix`` renders, or
+   ``located`` for templates that rewrite history); see that module.
+4. ``tokenize_rows``: applies 2-3 to every row as a ``Dataset.map`` (``num_proc`` processes,
+   cached by the datasets library for file-backed rows), truncates to ``max_length``
+   (error/left/right) and drops rows without any trainable token. Output columns:
+   ``input_ids``, ``loss_mask``, ``sample_id`` (0-based row index in the source, stable across
+   runs) and ``length``; the ``DataReport`` says which rule the template got.
 5. ``Collator``: right-pads a batch to its longest sample and builds already-shifted labels:
    ``labels[b, t] = input_ids[b, t+1] if loss_mask[b, t+1] else -100`` (last position: -100),
    so position t's logits are scored against ``labels[b, t]`` with no further shifting.
@@ -28,17 +24,19 @@ Every problem with the user's data raises ``UserError`` naming the file, row and
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
 import os
-from bisect import bisect_right
-from dataclasses import dataclass
-from typing import Any, Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
-import jinja2
 import torch
 
 from focusft.errors import UserError
+from focusft.templates import encoder_for, tokenize_conversation  # noqa: F401  (re-exported)
 
 ALLOWED_ROLES = ("system", "user", "assistant", "tool")
 TRUNCATION_MODES = ("error", "left", "right")
@@ -257,96 +255,7 @@ def _check_tools(tools: Any, where: str) -> list | None:
 
 
 # --------------------------------------------------------------------------------------------
-# 3. One conversation -> (input_ids, loss_mask)
-# --------------------------------------------------------------------------------------------
-
-
-def tokenize_conversation(
-    tokenizer: Any, messages: list[dict], tools: list | None = None, where: str = ""
-) -> tuple[list[int], list[int]]:
-    """Tokenize a conversation; ``loss_mask[t] = 1`` iff token t is assistant content or its end-of-turn."""
-    where = where or "conversation"
-    if not getattr(tokenizer, "chat_template", None):
-        raise UserError(
-            f"{where}: the tokenizer has no chat_template; use an instruct/chat model's tokenizer "
-            "or set tokenizer.chat_template."
-        )
-    if not getattr(tokenizer, "is_fast", False):
-        # Offsets (char -> token alignment) exist only for tokenizers backed by `tokenizers`.
-        raise UserError(f"{where}: the tokenizer must be a fast tokenizer (offset mapping is needed).")
-    full = _render(tokenizer, messages, tools, False, where)
-    spans = assistant_char_spans(tokenizer, messages, tools, full, where)
-    encoded = tokenizer(full, return_offsets_mapping=True, add_special_tokens=False, verbose=False)
-    return list(encoded["input_ids"]), _mask_from_offsets(encoded["offset_mapping"], spans)
-
-
-def assistant_char_spans(
-    tokenizer: Any, messages: list[dict], tools: list | None, full: str, where: str
-) -> list[tuple[int, int]]:
-    """Char spans ``[len(P_i), len(rstrip(F_i)))`` of each assistant message inside ``full``."""
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        through = _render(tokenizer, messages[: i + 1], tools, False, where)
-        # Templates refuse an empty conversation: an opening assistant turn's prefix is what
-        # its own rendering puts before its content.
-        prefix = _render(tokenizer, messages[:i], tools, True, where) if i \
-            else _opening_header(tokenizer, message, tools, where)
-        for name, text in (("up to (and with the generation prompt for)", prefix), ("through", through)):
-            if not full.startswith(text):
-                raise UserError(_prefix_error(where, i, name, text, full))
-        start, end = len(prefix), len(through.rstrip())
-        if end > start:
-            spans.append((start, end))
-    return spans
-
-
-_MARK = "\u2063focusft-content\u2063"
-
-
-def _opening_header(tokenizer: Any, message: dict, tools: list | None, where: str) -> str:
-    """What the template writes before the content of an assistant turn that opens the chat."""
-    marked = _render(tokenizer, [{**message, "content": _MARK}], tools, False, where)
-    return marked[:max(0, marked.find(_MARK))]
-
-
-def _render(tokenizer: Any, messages: list[dict], tools: list | None, gen_prompt: bool, where: str) -> str:
-    try:
-        return tokenizer.apply_chat_template(
-            messages, tools=tools, tokenize=False, add_generation_prompt=gen_prompt
-        )
-    except (jinja2.TemplateError, TypeError, ValueError) as exc:
-        raise UserError(
-            f"{where}: the chat template failed on this conversation "
-            f"({len(messages)} messages): {type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _prefix_error(where: str, index: int, name: str, text: str, full: str) -> str:
-    at = next((k for k, (a, b) in enumerate(zip(text, full)) if a != b), min(len(text), len(full)))
-    return (
-        f"{where}: the chat template does not reproduce its own prefixes: rendering the conversation "
-        f"{name} assistant message messages[{index}] is not a prefix of the full rendering "
-        f"(first difference at char {at}: {text[at:at + 40]!r} vs {full[at:at + 40]!r}). "
-        "The template rewrites earlier turns (e.g. drops or reformats earlier assistant content, as "
-        "reasoning-stripping templates do), so assistant tokens cannot be located. Use a chat "
-        "template that renders each turn the same way whatever follows it."
-    )
-
-
-def _mask_from_offsets(offsets: Iterable[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
-    """Token t is a loss token iff its first char lies in a span (spans are sorted, disjoint)."""
-    starts = [start for start, _ in spans]
-    mask = []
-    for char_start, _ in offsets:
-        k = bisect_right(starts, char_start) - 1
-        mask.append(int(k >= 0 and char_start < spans[k][1]))
-    return mask
-
-
-# --------------------------------------------------------------------------------------------
-# 4. All rows -> tokenized dataset
+# 3-4. All rows -> tokenized dataset (one conversation: focusft.templates)
 # --------------------------------------------------------------------------------------------
 
 
@@ -361,14 +270,18 @@ class DataReport:
     total_tokens: int = 0
     loss_tokens: int = 0  # tokens that receive a label (loss_mask[1:]; position 0 has no predictor)
     max_len: int = 0
+    template_rule: str = ""  # the loss-mask rule the chat template gets (focusft.templates.RULES)
+    rows_by_rule: dict = field(default_factory=dict)  # rows per rule actually used
 
     def summary(self) -> str:
         share = 100.0 * self.loss_tokens / self.total_tokens if self.total_tokens else 0.0
+        rules = ", ".join(f"{n} {r}" for r, n in sorted(self.rows_by_rule.items()))
         return (
             f"read {self.rows_read} rows, kept {self.rows_kept} "
             f"({self.truncated} truncated, {self.dropped_no_assistant_tokens} dropped with no "
             f"assistant tokens); {self.total_tokens} tokens, {self.loss_tokens} loss tokens "
-            f"({share:.1f}%), longest {self.max_len}"
+            f"({share:.1f}%), longest {self.max_len}; loss-mask rule: {self.template_rule or '-'}"
+            + (f" (rows: {rules})" if rules else "")
         )
 
 
@@ -380,28 +293,113 @@ _FEATURES = datasets.Features(
         "length": datasets.Value("int64"),
     }
 )
+_MAP_FEATURES = datasets.Features({
+    **_FEATURES, "keep": datasets.Value("bool"), "truncated": datasets.Value("bool"),
+    "n_loss": datasets.Value("int64"), "rule": datasets.Value("string")})
+# Bump when tokenization changes what it writes, so cached results of older code are not reused.
+_CACHE_VERSION = "tokenize-v2"
 
 
 def tokenize_rows(
-    rows: datasets.Dataset, tokenizer: Any, max_length: int, truncation: str, source: str
+    rows: datasets.Dataset | list, tokenizer: Any, max_length: int, truncation: str, source: str,
+    empty_think_loss: bool = False, num_proc: int | None = None,
 ) -> tuple[datasets.Dataset, DataReport]:
-    """Normalize, tokenize and truncate every row; drop rows left without a trainable token."""
+    """Normalize, tokenize and truncate every row; drop rows left without a trainable token.
+
+    Runs as ``Dataset.map`` (``num_proc`` worker processes when > 1). For file-backed rows (what
+    ``load_rows`` returns) the result is cached by the datasets library under a fingerprint of the
+    rows, the tokenizer, its chat template and these arguments, so a rerun does not re-tokenize.
+    """
     _check_limits(max_length, truncation)
-    report = DataReport(rows_read=len(rows))
-    columns: dict[str, list] = {name: [] for name in _FEATURES}
-    for index, row in enumerate(_progress(rows, source)):
-        where = f"{source} row {index}"
+    if isinstance(rows, list):
+        rows = datasets.Dataset.from_dict({"row": [json.dumps(r) for r in rows]})
+    encoder = encoder_for(tokenizer, empty_think_loss)
+    work = functools.partial(_tokenize_batch, encoder=encoder, max_length=max_length,
+                             truncation=truncation, source=source)
+    fingerprint = _fingerprint(rows, tokenizer, max_length, truncation, source, empty_think_loss)
+    procs = num_proc if num_proc and num_proc > 1 and len(rows) >= 2 * num_proc else None
+    with _quiet(len(rows)):
+        mapped = rows.map(work, batched=True, batch_size=256, with_indices=True,
+                          remove_columns=rows.column_names, features=_MAP_FEATURES,
+                          num_proc=procs, new_fingerprint=fingerprint,
+                          desc=f"tokenizing {source}")
+        report = _report(mapped, encoder.rule or "")
+        if report.rows_kept == 0:
+            raise UserError(f"{source}: no usable rows after tokenization ({report.summary()}).")
+        kept = mapped.filter(_is_kept, input_columns="keep", batched=True,
+                             new_fingerprint=fingerprint + "-kept") \
+            if report.rows_kept < len(mapped) else mapped
+    return kept.select_columns(list(_FEATURES)), report
+
+
+def _tokenize_batch(batch: dict, indices: list[int], encoder, max_length: int, truncation: str,
+                    source: str) -> dict:
+    out: dict[str, list] = {name: [] for name in _MAP_FEATURES}
+    for k, index in enumerate(indices):
+        row, where = _decode(batch, k, f"{source} row {index}")
         messages, tools = normalize_row(row, where)
-        ids, mask = tokenize_conversation(tokenizer, messages, tools, where)
+        ids, mask, rule = encoder.encode(messages, tools, where)
         ids, mask, was_cut = _truncate(ids, mask, max_length, truncation, where)
-        report.truncated += was_cut
-        if not any(mask[1:]):  # position 0 is never a label, see Collator
-            report.dropped_no_assistant_tokens += 1
-            continue
-        _keep(columns, report, ids, mask, index)
-    if report.rows_kept == 0:
-        raise UserError(f"{source}: no usable rows after tokenization ({report.summary()}).")
-    return datasets.Dataset.from_dict(columns, features=_FEATURES), report
+        n_loss = sum(mask[1:])  # position 0 is never a label, see Collator
+        for name, value in (("input_ids", ids), ("loss_mask", mask), ("sample_id", index),
+                            ("length", len(ids)), ("keep", n_loss > 0), ("truncated", was_cut),
+                            ("n_loss", n_loss), ("rule", rule)):
+            out[name].append(value)
+    return out
+
+
+def _decode(batch: dict, k: int, default_where: str) -> tuple[dict, str]:
+    """Row k of a batch: rows from ``load_rows`` carry the original JSON and their location."""
+    if "row" in batch and isinstance(batch["row"][k], str) and "messages" not in batch:
+        where = batch["where"][k] if "where" in batch else default_where
+        return json.loads(batch["row"][k]), where
+    return {name: column[k] for name, column in batch.items()}, default_where
+
+
+def _is_kept(keep: list[bool]) -> list[bool]:
+    return keep
+
+
+def _report(mapped: datasets.Dataset, rule: str) -> DataReport:
+    import pyarrow.compute as pc
+
+    table = mapped.data.table if hasattr(mapped.data, "table") else mapped.data
+    keep = table.column("keep")
+    kept_len = pc.filter(table.column("length"), keep)
+    by_rule = pc.value_counts(table.column("rule")).to_pylist()
+    return DataReport(
+        rows_read=len(mapped), rows_kept=len(kept_len),
+        truncated=int(pc.sum(table.column("truncated")).as_py() or 0),
+        dropped_no_assistant_tokens=len(mapped) - len(kept_len),
+        total_tokens=int(pc.sum(kept_len).as_py() or 0),
+        loss_tokens=int(pc.sum(pc.filter(table.column("n_loss"), keep)).as_py() or 0),
+        max_len=int(pc.max(kept_len).as_py() or 0) if len(kept_len) else 0,
+        template_rule=rule, rows_by_rule={d["values"]: d["counts"] for d in by_rule})
+
+
+def _fingerprint(rows: datasets.Dataset, tokenizer: Any, *args) -> str:
+    digest = hashlib.sha256()
+    template = getattr(tokenizer, "chat_template", None)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    for part in (_CACHE_VERSION, rows._fingerprint, backend.to_str() if backend else repr(tokenizer),
+                 json.dumps(template, sort_keys=True), json.dumps(tokenizer.special_tokens_map,
+                                                                  sort_keys=True, default=str), *args):
+        digest.update(str(part).encode("utf-8", "surrogatepass"))
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+@contextlib.contextmanager
+def _quiet(n_rows: int):
+    """A progress bar only where it is worth the noise."""
+    was_enabled = datasets.utils.logging.is_progress_bar_enabled()
+    if n_rows <= _PROGRESS_MIN_ROWS:
+        datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.utils.logging.enable_progress_bar()
 
 
 def _check_limits(max_length: int, truncation: str) -> None:
@@ -409,14 +407,6 @@ def _check_limits(max_length: int, truncation: str) -> None:
         raise UserError(f"--truncation is {truncation!r}; expected one of {', '.join(TRUNCATION_MODES)}.")
     if not isinstance(max_length, int) or max_length < 2:
         raise UserError(f"--max_length is {max_length!r}; expected an integer >= 2.")
-
-
-def _progress(rows: datasets.Dataset, source: str) -> Iterable[dict]:
-    if len(rows) <= _PROGRESS_MIN_ROWS:
-        return rows
-    from tqdm.auto import tqdm
-
-    return tqdm(rows, total=len(rows), desc=f"tokenizing {source}", unit="row")
 
 
 def _truncate(
@@ -433,17 +423,6 @@ def _truncate(
     if truncation == "left":
         return ids[-max_length:], mask[-max_length:], True
     return ids[:max_length], mask[:max_length], True
-
-
-def _keep(columns: dict[str, list], report: DataReport, ids: list[int], mask: list[int], index: int) -> None:
-    columns["input_ids"].append(ids)
-    columns["loss_mask"].append(mask)
-    columns["sample_id"].append(index)
-    columns["length"].append(len(ids))
-    report.rows_kept += 1
-    report.total_tokens += len(ids)
-    report.loss_tokens += sum(mask[1:])
-    report.max_len = max(report.max_len, len(ids))
 
 
 # --------------------------------------------------------------------------------------------

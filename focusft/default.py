@@ -121,10 +121,54 @@ class ProseGenerator:
 # Tokenizer
 # --------------------------------------------------------------------------------------------
 
+# ChatML, with Qwen2.5-style tools: the tool schemas go into the system turn, an assistant's
+# calls render as `<tool_call>` JSON, tool results as a user turn of `<tool_response>` blocks.
+# `{% generation %}` marks what the assistant writes (content, calls, `<|im_end|>`), so the loss
+# mask comes from one render (focusft.templates, rule "generation"). A conversation without
+# tools renders byte for byte as `<|im_start|>{role}\n{content}<|im_end|>\n` per message.
+_TOOLS_PREAMBLE = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+_TOOLS_FORMAT = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>'
+)
 CHAT_TEMPLATE = (
+    "{%- macro text(message) -%}"
+    "{{- message['content'] if message['content'] is string else '' -}}"
+    "{%- endmacro -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n' -}}"
+    "{%- if messages[0]['role'] == 'system' -%}{{- text(messages[0]) + '\\n\\n' -}}{%- endif -%}"
+    "{{- '" + _TOOLS_PREAMBLE + "' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '" + _TOOLS_FORMAT + "<|im_end|>\\n' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + (message['content'] if message['content'] "
-    "is string else '') + '<|im_end|>' + '\\n' -}}"
+    "{%- if message['role'] == 'system' and loop.first and tools -%}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}"
+    "{{- text(message) -}}"
+    "{%- for call in message['tool_calls'] or [] -%}"
+    "{%- set call = call['function'] if call['function'] is defined else call -%}"
+    "{%- if message['content'] or not loop.first -%}{{- '\\n' -}}{%- endif -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + call['name'] + '\", \"arguments\": ' -}}"
+    "{{- call['arguments'] if call['arguments'] is string else (call['arguments'] | tojson) -}}"
+    "{{- '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>' -}}"
+    "{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\\n<tool_response>\\n' + text(message) + '\\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{- '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + text(message) + '<|im_end|>' + '\\n' -}}"
+    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
@@ -212,7 +256,9 @@ def load_default_tokenizer():
     path = _cache_root() / "tokenizers" / TOKENIZER_VERSION
     if (path / "tokenizer.json").exists():
         try:
-            return PreTrainedTokenizerFast.from_pretrained(str(path))
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
+            tokenizer.chat_template = CHAT_TEMPLATE  # the template may be newer than the cache
+            return tokenizer
         except Exception:  # a damaged cache entry is rebuilt below
             pass
     tokenizer = train_default_tokenizer()

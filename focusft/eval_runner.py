@@ -1,16 +1,23 @@
-"""`focusft eval`: score checkpoints on BABILong- / RULER-style suites, offline.
+"""`focusft eval`: score checkpoints on BABILong, RULER and agentic long-context suites, offline.
 
 For every model, task and length, test-split samples are generated for *that model's*
-tokenizer (lengths are counted in its tokens), rendered with its chat template (one user turn,
-then the generation prompt), decoded greedily with a KV cache, and scored with the official
-rules (`focusft.evaluation.scoring`): BABILong's label rule, RULER's string_match_all /
-string_match_part. Each model runs under one or both inference masks (`focusft.inference`):
-``causal`` (ordinary) and ``prefix`` (the prompt prefilled under the training mask).
+tokenizer (lengths are counted in its tokens: BABILong's 1000-based noise budget, RULER's
+1024-based whole input including the chat template's tokens), in the chosen prompt set
+(``focusft`` or ``lm-eval``, read from the installed lm-eval), rendered with the model's chat
+template (or none: ``--chat_template none``, RULER's base-model default) and opened with the
+task's answer prefix (``evaluation.render``), decoded greedily with a KV cache for the task's
+number of new tokens, and scored with the official rules (`focusft.evaluation.scoring`):
+BABILong's leaderboard label rule, RULER's string_match_all / string_match_part, normalised
+exact match for the agentic suite. Each cell carries a 95 % Wilson interval. Each model runs
+under one or both inference masks (`focusft.inference`): ``causal`` (ordinary) and ``prefix``
+(the prompt prefilled under the training mask).
 
 Outputs (written to a temporary directory, then renamed into place)::
 
-    out/results.json        every score, plus per-sample outputs and the exact settings
-    out/results.md          task x length table, models (and masks) side by side
+    out/results.json        scores, intervals, settings (prompt set, noise source, length
+                            convention, tokenizer, chat template) and per-sample records
+                            (prompt, references, output, score)
+    out/results.md          the settings, then task x length, models (and masks) side by side
     out/accuracy.png        mean accuracy over tasks vs length, one line per model and mask
 """
 
@@ -26,9 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .evaluation.render import generation_text
 
-MAX_NEW_TOKENS = {"babilong": 20, "vt": 30, "cwe": 120, "fwe": 50, "qa_1": 32, "qa_2": 32}
-NIAH_NEW_TOKENS = 128
+DEFAULT_LENGTHS = {"babilong": ["0k", "1k", "2k", "4k"], "ruler": ["4k"],
+                   "agentic": ["1k", "2k", "4k"]}
 
 
 @dataclass
@@ -40,12 +48,14 @@ class EvalSpec:
     seed: int = 0
     masks: list[str] = field(default_factory=lambda: ["causal"])
     batch_size: int = 8
-    haystack: str | None = None
+    haystack: str | None = "procedural"  # the CLI's default is "auto" (books when present)
     few_shot: bool = True
     trust_remote_code: bool = False
+    prompts: str = "focusft"  # "focusft" | "lm-eval"
+    chat_template: bool = True  # False: the plain text (base models)
 
 
-def load_checkpoint(path: str, trust_remote_code: bool = False):
+def load_checkpoint(path: str, trust_remote_code: bool = False, need_template: bool = True):
     """A saved causal LM and its tokenizer (safetensors only; remote code only if asked)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,8 +68,9 @@ def load_checkpoint(path: str, trust_remote_code: bool = False):
     except (OSError, ValueError) as err:
         raise UserError(f"--model {path}: cannot load a causal LM and tokenizer: "
                         f"{str(err).splitlines()[0]}") from None
-    if tokenizer.chat_template is None:
-        raise UserError(f"--model {path}: the tokenizer has no chat template")
+    if need_template and tokenizer.chat_template is None:
+        raise UserError(f"--model {path}: the tokenizer has no chat template (base model? use "
+                        "--chat_template none)")
     return model.eval(), tokenizer
 
 
@@ -73,100 +84,188 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def max_new_tokens(suite: str, task: str) -> int:
-    if suite == "babilong":
-        return MAX_NEW_TOKENS["babilong"]
-    return MAX_NEW_TOKENS.get(task, NIAH_NEW_TOKENS)
-
-
 def make_rows(spec: EvalSpec, tokenizer) -> list[dict]:
     from .evaluation.chat import make_chat_rows
+    from .evaluation.lm_eval_tasks import LmEvalUnavailable
 
     try:
+        if spec.suite == "agentic":
+            from .evaluation.agentic import agentic_rows
+
+            return agentic_rows(spec.tasks, spec.lengths, spec.samples, spec.seed, "test",
+                                tokenizer, spec.haystack)
         return make_chat_rows(spec.suite, spec.tasks, spec.lengths, spec.samples, spec.seed,
                               split="test", tokenizer=tokenizer, haystack=spec.haystack,
-                              few_shot=spec.few_shot)
+                              few_shot=spec.few_shot, prompts=spec.prompts,
+                              chat_template=spec.chat_template)
+    except LmEvalUnavailable as err:
+        raise UserError(f"--prompts lm-eval: {err}") from None
     except ValueError as err:
         raise UserError(f"--suite {spec.suite} --tasks {','.join(spec.tasks)}: {err}") from None
 
 
-def encode_prompt(tokenizer, row: dict) -> list[int]:
-    text = tokenizer.apply_chat_template(row["messages"][:1], tokenize=False,
-                                         add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+def prompt_text(tokenizer, row: dict, chat_template: bool = True) -> str:
+    return generation_text(tokenizer, row["messages"], row.get("answer_prefix", ""),
+                           chat_template, row.get("tools"))
+
+
+def response_mask(tokenizer, row: dict, prompt: list[int], chat_template: bool) -> list[int]:
+    """1 on the prompt tokens that are assistant content (earlier tool-call turns, the answer
+    prefix), as in training: the ``prefix`` inference mask keeps them causal (response blocks).
+    """
+    prefix = row.get("answer_prefix", "")
+    if not chat_template:  # plain text: only the answer prefix is the response
+        head = generation_text(tokenizer, row["messages"], "", False)
+        n = len(tokenizer(head, add_special_tokens=False)["input_ids"]) if prefix else len(prompt)
+        return [0] * n + [1] * (len(prompt) - n)
+    from .data import tokenize_conversation
+    from .evaluation.render import context_messages
+
+    conversation = context_messages(row["messages"]) + [
+        {"role": "assistant", "content": prefix.strip() or "x"}]
+    ids, mask = tokenize_conversation(tokenizer, conversation, row.get("tools"))
+    if ids[:len(prompt)] != list(prompt):  # the template re-renders the open turn differently
+        raise UserError("the chat template renders the answer prefix differently in a finished "
+                        "turn; use --mask causal or --chat_template none")
+    return list(mask[:len(prompt)])
 
 
 def generate_outputs(model, tokenizer, rows: list[dict], spec: EvalSpec, mode: str,
-                     progress: str = "") -> list[str]:
-    """Greedy outputs for `rows`, batched by similar prompt length."""
+                     progress: str = "", generate=None) -> list[str]:
+    """Greedy outputs for `rows`, batched by similar prompt length. ``generate`` defaults to
+    ``inference.greedy_generate`` (same signature; tests pass a stand-in). Under the ``prefix``
+    mask, assistant tokens in the prompt are marked (``response_mask``)."""
     from tqdm.auto import tqdm
 
-    from .inference import greedy_generate
+    if generate is None:
+        from .inference import greedy_generate as generate
 
-    prompts = [encode_prompt(tokenizer, r) for r in rows]
+    texts = [prompt_text(tokenizer, r, spec.chat_template) for r in rows]
+    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     order = sorted(range(len(rows)), key=lambda i: (len(prompts[i]), i))
     outputs: list[str] = [""] * len(rows)
     stops, pad = stop_token_ids(tokenizer), tokenizer.pad_token_id or 0
     batches = [order[i:i + spec.batch_size] for i in range(0, len(order), spec.batch_size)]
     for batch in tqdm(batches, desc=progress, leave=False):
-        new = max(max_new_tokens(spec.suite, rows[i]["task"]) for i in batch)
-        gen = greedy_generate(model, [prompts[i] for i in batch], new, pad, stops, mode)
+        new = max(rows[i]["max_new_tokens"] for i in batch)
+        masks = None if mode == "causal" else [
+            response_mask(tokenizer, rows[i], prompts[i], spec.chat_template) for i in batch]
+        gen = generate(model, [prompts[i] for i in batch], new, pad, stops, mode,
+                       prompt_loss_masks=masks)
         for i, tokens in zip(batch, gen):
-            outputs[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+            outputs[i] = tokenizer.decode(tokens[:rows[i]["max_new_tokens"]],
+                                          skip_special_tokens=True)
     return outputs
 
 
-def score_rows(rows: list[dict], outputs: list[str]) -> dict[str, dict[int, float]]:
-    """Accuracy (0-100) per task and length, by each suite's official rule."""
-    from .evaluation.scoring import babilong_correct, ruler_score
+def sample_records(rows: list[dict], outputs: list[str], prompts: list[str]) -> list[dict]:
+    """Per-sample records: the rendered prompt, references, output and score."""
+    from .evaluation.scoring import sample_score
+
+    return [{"task": r["task"], "length": r["length"], "prompt": p, "references": r["references"],
+             "target": r["target"], "output": o,
+             "score": sample_score(r["metric"], o, r["references"], r["question"], r["task"])}
+            for r, o, p in zip(rows, outputs, prompts)]
+
+
+def score_records(records: list[dict]) -> tuple[dict, dict, dict]:
+    """(scores 0-100, 95 % Wilson intervals 0-100, sample counts) per task and length."""
+    from .evaluation.scoring import wilson_interval
 
     groups = defaultdict(list)
-    for row, out in zip(rows, outputs):
-        groups[(row["task"], row["length"])].append((row, out))
-    scores: dict[str, dict[int, float]] = defaultdict(dict)
-    for (task, length), items in sorted(groups.items()):
-        if items[0][0]["metric"] == "babilong":
-            ok = [babilong_correct(o, r["target"], r["question"], task) for r, o in items]
-            scores[task][length] = 100.0 * sum(ok) / len(ok)
-        else:
-            scores[task][length] = ruler_score(items[0][0]["metric"], [o for _, o in items],
-                                               [r["references"] for r, _ in items])
-    return dict(scores)
+    for rec in records:
+        groups[(rec["task"], rec["length"])].append(rec["score"])
+    scores, intervals, counts = defaultdict(dict), defaultdict(dict), defaultdict(dict)
+    for (task, length), values in sorted(groups.items()):
+        mean = sum(values) / len(values)
+        lo, hi = wilson_interval(mean, len(values))
+        scores[task][length] = 100.0 * mean
+        intervals[task][length] = [round(100 * lo, 1), round(100 * hi, 1)]
+        counts[task][length] = len(values)
+    return dict(scores), dict(intervals), dict(counts)
 
 
-def evaluate(models: list[str], spec: EvalSpec) -> dict:
+def settings(spec: EvalSpec, tokenizer, path: str) -> dict:
+    """What a reader needs to compare the numbers: prompt set, noise, lengths, tokenizer."""
+    from .evaluation.haystack import describe_haystack
+    from .evaluation.prompt_sets import describe
+
+    lengths = {"babilong": "BABILong, 1000-based: noise + facts = length - 300 tokens "
+                           "(1k -> 700); prompt and chat template on top",
+               "ruler": "RULER, 1024-based: the whole input (chat template, prompt, answer "
+                        "prefix) + max_new_tokens <= length",
+               "agentic": "1024-based: the rendered conversation (chat template, tools "
+                          "schema, tool results) + max_new_tokens <= length"}[spec.suite]
+    scoring = {"babilong": "BABILong leaderboard rule (label found, alone, outside the question)",
+               "ruler": "RULER string_match_all (NIAH, VT, CWE, FWE) / string_match_part (QA)",
+               "agentic": "normalised exact match of the final answer's first line"}[spec.suite]
+    return {"prompt_set": describe(spec.prompts) if spec.suite != "agentic" else "focusft",
+            "noise": describe_haystack(spec.haystack), "lengths": lengths, "scoring": scoring,
+            "tokenizer": f"{type(tokenizer).__name__} of {Path(path).name} "
+                         f"(vocabulary {len(tokenizer)})",
+            "chat_template": "the model's" if spec.chat_template else "none (plain text)",
+            "decoding": "greedy, KV cache, the task's max_new_tokens, from the answer prefix",
+            "interval": "95 % Wilson score interval"}
+
+
+def evaluate(models: list[str], spec: EvalSpec, generate=None) -> dict:
     """Scores of every model under every requested mask (see module docstring)."""
     results = {"spec": asdict(spec), "models": {}}
     for path in models:
-        model, tokenizer = load_checkpoint(path, spec.trust_remote_code)
+        model, tokenizer = load_checkpoint(path, spec.trust_remote_code, spec.chat_template)
+        if "prefix" in spec.masks:  # prefilled under the training mask: focusft's attention
+            from .selfcheck import check_attention
+
+            check_attention(model, "glm", where=f"--model {path}: ")
         rows = make_rows(spec, tokenizer)
+        prompts = [prompt_text(tokenizer, r, spec.chat_template) for r in rows]
+        results.setdefault("settings", settings(spec, tokenizer, path))
         for mode in spec.masks:
             start = time.perf_counter()
-            outputs = generate_outputs(model, tokenizer, rows, spec, mode, f"{Path(path).name} [{mode}]")
+            outputs = generate_outputs(model, tokenizer, rows, spec, mode,
+                                       f"{Path(path).name} [{mode}]", generate)
+            records = sample_records(rows, outputs, prompts)
+            scores, intervals, counts = score_records(records)
             results["models"][f"{path} [{mode}]"] = {
-                "scores": score_rows(rows, outputs), "seconds": round(time.perf_counter() - start, 1),
-                "samples": [{"task": r["task"], "length": r["length"], "target": r["target"],
-                             "output": o} for r, o in zip(rows, outputs)],
+                "scores": scores, "intervals": intervals, "counts": counts,
+                "seconds": round(time.perf_counter() - start, 1), "samples": records,
             }
     return results
 
 
+def _cell(entry: dict, task: str, length) -> str:
+    value = entry["scores"].get(task, {}).get(length)
+    if value is None:
+        return "-"
+    lo, hi = entry.get("intervals", {}).get(task, {}).get(length, (None, None))
+    return f"{value:.1f}" if lo is None else f"{value:.1f} [{lo:.0f}, {hi:.0f}]"
+
+
+def _mean_cell(entry: dict) -> str:
+    from .evaluation.scoring import wilson_interval
+
+    values = [v for per_len in entry["scores"].values() for v in per_len.values()]
+    counts = [c for per_len in entry.get("counts", {}).values() for c in per_len.values()]
+    mean = sum(values) / max(1, len(values))
+    if not counts:
+        return f"{mean:.1f}"
+    lo, hi = wilson_interval(mean / 100, sum(counts))
+    return f"{mean:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
 def markdown_table(results: dict) -> str:
     names = list(results["models"])
-    keys = sorted({(t, n) for m in results["models"].values() for t, ls in m["scores"].items() for n in ls})
-    lines = ["| task | length | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    lines = [f"- {k.replace('_', ' ')}: {v}" for k, v in results.get("settings", {}).items()]
+    lines += ["", "Cells: score (0-100) [95 % interval]."] if lines else []
+    keys = sorted({(t, n) for m in results["models"].values() for t, ls in m["scores"].items()
+                   for n in ls})
+    lines += ["", "| task | length | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
     for task, length in keys:
-        cells = [results["models"][m]["scores"].get(task, {}).get(length) for m in names]
-        lines.append(f"| {task} | {length} | " + " | ".join(
-            "-" if c is None else f"{c:.1f}" for c in cells) + " |")
-    means = [_mean_over(results["models"][m]["scores"]) for m in names]
-    lines.append("| **mean** | all | " + " | ".join(f"{x:.1f}" for x in means) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _mean_over(scores: dict) -> float:
-    values = [v for per_len in scores.values() for v in per_len.values()]
-    return sum(values) / max(1, len(values))
+        cells = [_cell(results["models"][m], task, length) for m in names]
+        lines.append(f"| {task} | {length} | " + " | ".join(cells) + " |")
+    means = [_mean_cell(results["models"][m]) for m in names]
+    lines.append("| **mean** | all | " + " | ".join(means) + " |")
+    return "\n".join(lines).lstrip("\n") + "\n"
 
 
 def plot_accuracy(results: dict, path: Path) -> None:

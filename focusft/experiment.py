@@ -54,6 +54,15 @@ METHODS: dict[str, list[str]] = {
 BASE = "base (no SFT)"
 
 
+def all_methods(cfg) -> dict[str, list[str]]:
+    """The main methods, plus the K / inner-lr sweep of --task long (first seed only)."""
+    if cfg.task != "long" or not cfg.sweep:
+        return METHODS
+    from .experiment_long import sweep_methods
+
+    return {**METHODS, **sweep_methods(cfg.sweep_objective)}
+
+
 @dataclass
 class ExperimentConfig:
     out: str = "runs/experiment"
@@ -88,6 +97,18 @@ class ExperimentConfig:
     probe_lr: float = 1.0
     data_seed: int = 0
     label: str = "full"
+    # --task long (focusft.experiment_long): multi-token BABILong / RULER tasks, sink base
+    task: str = "locate"  # "locate": the embedded default's task; "long": sft_tasks
+    pretrain_recipe: str = "sinks"
+    haystack: str | None = None  # None: the haystack books when present
+    long_train_lengths: list[int] = field(default_factory=lambda: [0, 256, 512, 1024])
+    long_ruler_tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "vt", "cwe"])
+    long_ruler_train_lengths: list[int] = field(default_factory=lambda: [1024])
+    long_train_samples: int = 64  # per (task, length)
+    long_eval_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
+    inference_masks: list[str] = field(default_factory=lambda: ["causal", "prefix"])
+    sweep: bool = True  # K and inner-lr sweep on the first seed (--task long)
+    sweep_objective: str = "context"
 
 
 PRESETS = {
@@ -102,6 +123,20 @@ PRESETS = {
                   heldout_samples=2, tasks=["qa1"], eval_lengths=[0], eval_samples=2,
                   ruler_tasks=["niah_single_1"], ruler_lengths=[512], ruler_samples=1,
                   few_shot=False, probe_samples=2, label="smoke"),
+}
+# --task long: per preset, what changes on top of the preset above (focusft.experiment_long).
+LONG_PRESETS = {
+    "full": dict(steps=150, batch_size=16, warmup_steps=15, diagnostics_steps=25,
+                 eval_samples=12, ruler_samples=8, pretrain_steps=3000),
+    "quick": dict(long_train_lengths=[0, 256], long_ruler_tasks=["niah_single_1"],
+                  long_ruler_train_lengths=[512], long_train_samples=8, steps=6, batch_size=8,
+                  warmup_steps=1, diagnostics_steps=3, tasks=["qa1", "qa2"],
+                  long_eval_lengths=[1024], eval_samples=4, ruler_samples=2, sweep=False,
+                  pretrain_steps=30),
+    "smoke": dict(long_train_lengths=[0], long_ruler_tasks=[], long_train_samples=2, steps=1,
+                  batch_size=2, tasks=["qa1"], long_eval_lengths=[256], eval_samples=1,
+                  inference_masks=["causal", "prefix"], sweep=False, pretrain_steps=2,
+                  pretrain_seq_len=64, pretrain_batch=2),
 }
 
 
@@ -136,12 +171,13 @@ def make_base(cfg: ExperimentConfig, log) -> str:
         log(f"base: reusing {path}")
         return str(path)
     if cfg.base == "pretrain":
-        from .pretrain import PretrainConfig, pretrain
+        from .pretrain import pretrain, recipe_config
 
-        pretrain(PretrainConfig(output_dir=str(path), steps=cfg.pretrain_steps,
-                                seq_len=cfg.pretrain_seq_len, batch_size=cfg.pretrain_batch,
-                                seed=cfg.data_seed, warmup=max(1, cfg.pretrain_steps // 10)),
-                 log=log)
+        pretrain(recipe_config(cfg.pretrain_recipe, str(path), steps=cfg.pretrain_steps,
+                               seq_len=cfg.pretrain_seq_len, batch_size=cfg.pretrain_batch,
+                               seed=cfg.data_seed, warmup=max(1, cfg.pretrain_steps // 20),
+                               sink_every=max(1, cfg.pretrain_steps // 10),
+                               haystack=cfg.haystack), log=log)
         return str(path)
     from . import default
 
@@ -182,7 +218,10 @@ def train_flags(cfg: ExperimentConfig, method: str, seed: int, data: str, probe:
                 max_length: int) -> list[str]:
     out = Path(cfg.out) / "runs" / f"{method}-seed{seed}"
     model = [] if cfg.base in (None, "scratch") else ["--model", make_base(cfg, lambda *_: None)]
-    return [*model, "--data", data, "--output_dir", str(out), *METHODS[method],
+    flags = all_methods(cfg)[method]
+    mask = flags[flags.index("--attention") + 1]  # attention measured under the training mask
+    return [*model, "--data", data, "--output_dir", str(out), *flags,
+            "--diagnostics_mask", mask,
             "--max_length", str(max_length), "--truncation", "error",
             "--max_steps", str(cfg.steps), "--per_device_train_batch_size", str(cfg.batch_size),
             "--train_sampling_strategy", "sequential",
@@ -199,19 +238,20 @@ def train_all(cfg: ExperimentConfig, data: str, probe: str, max_length: int, log
     from .train_run import train
 
     runs = {}
-    for seed in cfg.seeds:
-        for method in cfg.methods:
-            flags = train_flags(cfg, method, seed, data, probe, max_length)
-            log(f"train {method} seed {seed}")
-            start = time.perf_counter()
-            result = train(parse_config(flags))
-            result["wall_seconds"] = round(time.perf_counter() - start, 1)
-            result["flags"] = flags
-            result["diagnostics"] = _read_jsonl(Path(flags[flags.index("--output_dir") + 1])
-                                                / "diagnostics.jsonl")
-            runs[f"{method}|{seed}"] = result
-            log(f"  {method} seed {seed}: loss {result['train_loss']:.4f}, "
-                f"{result['wall_seconds']} s")
+    jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    jobs += [(cfg.seeds[0], m) for m in all_methods(cfg) if m not in METHODS]
+    for seed, method in jobs:
+        flags = train_flags(cfg, method, seed, data, probe, max_length)
+        log(f"train {method} seed {seed}")
+        start = time.perf_counter()
+        result = train(parse_config(flags))
+        result["wall_seconds"] = round(time.perf_counter() - start, 1)
+        result["flags"] = flags
+        result["diagnostics"] = _read_jsonl(Path(flags[flags.index("--output_dir") + 1])
+                                            / "diagnostics.jsonl")
+        runs[f"{method}|{seed}"] = result
+        log(f"  {method} seed {seed}: loss {result['train_loss']:.4f}, "
+            f"{result['wall_seconds']} s")
     return runs
 
 
@@ -391,33 +431,51 @@ def run_experiment(cfg: ExperimentConfig, command: str, log=print) -> dict:
     from .eval_runner import load_checkpoint
 
     start = time.perf_counter()
+    from .errors import UserError
+
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
-        from .errors import UserError
-
-        raise UserError(f"unknown method(s) {unknown}; expected some of {list(METHODS)}")
+        raise UserError(f"--methods: unknown method(s) {unknown}; expected some of {list(METHODS)}")
+    if cfg.task not in ("locate", "long"):
+        raise UserError(f"--task {cfg.task!r}: expected 'locate' or 'long'")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     base = make_base(cfg, log)
     pretrain_seconds = round(time.perf_counter() - t0, 1)
     _, tokenizer = load_checkpoint(base)
-    data, probe, longest = write_train_data(cfg, tokenizer)
+    long = cfg.task == "long"
+    if long:
+        from . import experiment_long
+
+        data, probe, longest = experiment_long.write_data(cfg, tokenizer)
+    else:
+        data, probe, longest = write_train_data(cfg, tokenizer)
     runs = train_all(cfg, data, probe, longest + 8, log)
-    accuracy = {"task": evaluate_task(cfg, base, runs, log),
-                "babilong": evaluate_suite(cfg, base, runs, "babilong", log),
-                "ruler": evaluate_suite(cfg, base, runs, "ruler", log)}
-    probes = probe_all(cfg, base, runs, log)
+    if long:
+        accuracy, probes = experiment_long.evaluate(cfg, base, runs, log), {}
+    else:
+        accuracy = {"task": evaluate_task(cfg, base, runs, log),
+                    "babilong": evaluate_suite(cfg, base, runs, "babilong", log),
+                    "ruler": evaluate_suite(cfg, base, runs, "ruler", log)}
+        probes = probe_all(cfg, base, runs, log)
+    from .experiment_long import final_attention
+
     summary = {"config": asdict(cfg), "command": command, "commit": git_commit(),
                "dirty": git_dirty(), "base": base, "pretrain_seconds": pretrain_seconds,
                "longest_train_tokens": longest, "runs": runs, "accuracy": accuracy,
-               "probes": probes, "total_seconds": round(time.perf_counter() - start, 1)}
+               "probes": probes, "final_attention": final_attention(cfg, base, runs, probe),
+               "total_seconds": round(time.perf_counter() - start, 1)}
     base_meta = Path(base) / "pretrain.json"
     if base_meta.exists():
         meta = json.loads(base_meta.read_text())
-        summary["pretrain"] = {k: meta.get(k) for k in ("steps", "final_loss", "seconds", "tokens",
-                                                       "parameters", "config")}
-    (Path(cfg.out) / "experiment.json").write_text(json.dumps(summary, indent=2, default=str))
-    write_markdown(summary, Path(cfg.report))
+        summary["pretrain"] = {k: meta.get(k) for k in ("recipe", "steps", "final_loss", "seconds",
+                                                       "tokens", "parameters", "config", "sinks")}
+    text = json.dumps(summary, indent=2, default=str)
+    (Path(cfg.out) / "experiment.json").write_text(text)
+    report = Path(cfg.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.with_suffix(".json").write_text(text)  # every number of the report, machine-readable
+    (experiment_long.write_markdown if long else write_markdown)(summary, report)
     return summary
 
 
@@ -487,8 +545,8 @@ def plot_diagnostics(by_method: dict, path: Path) -> None:
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("optimizer step")
     axes[0].legend(fontsize=7)
-    fig.suptitle("response-query attention on held-out probe rows, causal mask, mean of layers "
-                 "and seeds", fontsize=9)
+    fig.suptitle("response-query attention on held-out probe rows, training mask, mean of "
+                 "layers and seeds", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -614,6 +672,8 @@ def reading(summary: dict) -> list[str]:
 
 
 def write_markdown(summary: dict, path: Path) -> None:
+    from .experiment_long import attention_table
+
     cfg = summary["config"]
     longest = max(cfg["train_lengths"])
     plots = Path("results")
@@ -674,10 +734,13 @@ def write_markdown(summary: dict, path: Path) -> None:
                   *accuracy_table(summary["accuracy"]["ruler"], cfg["ruler_lengths"], 10 ** 9), ""]
     lines += ["## Attention during training", "",
               "Measured by the training callback (`--diagnostics_steps`) on 8 held-out probe rows "
-              "at the longest training length, causal mask, mean over layers and seeds "
+              "at the longest training length, under each method's training mask (causal for "
+              "sft-causal, GLM otherwise), mean over layers and seeds "
               "(definitions: docs/diagnostics.md). Step 0 is the base model.", "",
               *diagnostics_table(by_method), "",
               f"![attention over training]({diag_plot.as_posix()})", "",
+              "The base and the final checkpoints on the same probe rows, under each mask "
+              "(mean over layers and seeds):", "", *attention_table(summary["final_attention"]), "",
               "## Cost", "", *cost_table(summary), "",
               "## Leakage probe", "",
               f"Held-out rows with a WRONG answer in the assistant turn; fresh fast weights "
@@ -701,7 +764,11 @@ def write_markdown(summary: dict, path: Path) -> None:
 def config_from_args(args) -> ExperimentConfig:
     preset = "smoke" if getattr(args, "smoke", False) else "quick" if args.quick else "full"
     cfg = replace(ExperimentConfig(), **PRESETS[preset])
-    updates = {"out": args.out, "report": args.report, "base": args.base}
+    task = getattr(args, "task", None) or "locate"
+    if task == "long":
+        cfg = replace(cfg, task="long", **LONG_PRESETS[preset])
+    updates = {"out": args.out, "report": args.report, "base": args.base,
+               "haystack": getattr(args, "haystack", None)}
     if args.seeds:
         updates["seeds"] = [int(s) for s in args.seeds.split(",")]
     if args.methods:

@@ -18,7 +18,8 @@ Packed rows (several samples in one row) keep one factor pair per *sample*: each
 span of the row is multiplied by its own factors, so packing changes nothing per sample.
 
 Lifecycle (`FastWeights`):
-    inject(model, ...)   hooks on the target Linears of the top layers (install() re-hooks)
+    inject(model, ...)   hooks on the target Linears of the top layers (`focusft.models`;
+                         install() re-hooks)
     reset(seeds)         per micro-batch: A_n ~ Kaiming-uniform(a=sqrt(5)) from sample n's own
                          seed, B_n = 0, so the model starts unchanged
     tensors()            the fast tensors, in a fixed order, for the inner loop
@@ -33,10 +34,9 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from accelerate.utils import extract_model_from_parallel
 from torch import nn
 
-from .errors import UserError
+from . import models
 
 
 @dataclass
@@ -59,34 +59,14 @@ def adapted_layer_indices(num_layers: int, fraction: float) -> list[int]:
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder's list of layers (``model.model.layers`` for Llama/Qwen-style models).
-
-    Engine wrappers (DDP, DeepSpeed, torch.compile) are looked through.
-    """
-    model = extract_model_from_parallel(model, keep_torch_compile=False)
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model
-    layers = getattr(decoder, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise UserError(f"{type(model).__name__}: cannot find the decoder layers "
-                        "(expected model.get_decoder().layers); fast weights need a decoder-only LM")
-    return layers
+    """The decoder's list of layers (see `focusft.models.decoder_layers`)."""
+    return models.decoder_layers(model)
 
 
-def find_targets(layer: nn.Module, names: tuple[str, ...], layer_idx: int) -> list[nn.Linear]:
-    """The Linear submodules of `layer` whose attribute name is one of `names`.
-
-    An adapter wrapper (a PEFT LoRA layer: a module with ``base_layer``) is the target as a
-    whole, under its own name; the Linears inside it are not candidates.
-    """
-    wrappers = [n for n, m in layer.named_modules() if hasattr(m, "base_layer")]
-    found = {n.rsplit(".", 1)[-1]: m for n, m in layer.named_modules()
-             if (isinstance(m, nn.Linear) or n in wrappers)
-             and not any(n.startswith(w + ".") for w in wrappers)}
-    missing = [n for n in names if n not in found]
-    if missing:
-        raise UserError(f"layer {layer_idx} has no Linear named {missing} for fast weights "
-                        f"(--fast_target_modules); its Linear modules are {sorted(found)}")
-    return [found[n] for n in names]
+def find_targets(layer: nn.Module, names: tuple[str, ...] | None, layer_idx: int) -> list[nn.Module]:
+    """The fast-weight targets of one layer: the structural default when `names` is None or
+    ("auto",), else the Linears named `names` (see `focusft.models`)."""
+    return models.targets(layer, names, layer_idx)
 
 
 class FastWeights:
@@ -94,7 +74,7 @@ class FastWeights:
 
     def __init__(self, model: nn.Module, rank: int = 32, alpha: float = 64.0, dropout: float = 0.0,
                  layer_fraction: float = 0.35,
-                 target_modules: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj")):
+                 target_modules: tuple[str, ...] | None = None):
         layers = decoder_layers(model)
         self.layer_indices = adapted_layer_indices(len(layers), layer_fraction)
         self.rank, self.scale = rank, alpha / rank
@@ -105,7 +85,7 @@ class FastWeights:
         self.slots: list[FastLinear] = []
         self._hooks = []
         for idx in self.layer_indices:
-            self.slots += [FastLinear(m) for m in find_targets(layers[idx], tuple(target_modules), idx)]
+            self.slots += [FastLinear(m) for m in find_targets(layers[idx], target_modules and tuple(target_modules), idx)]
         self.install()
 
     def install(self) -> None:
@@ -129,8 +109,9 @@ class FastWeights:
                 return output + self.scale * _packed_delta(x, a, b, self.segments)
             if x.shape[0] != a.shape[0]:
                 raise RuntimeError(f"fast weights hold {a.shape[0]} samples, batch has {x.shape[0]}")
-            down = torch.bmm(x, a.transpose(1, 2))  # (N, S, r)
-            return output + self.scale * torch.bmm(down, b.transpose(1, 2))
+            # (N, ..., in): positions may span more than one axis (MLA's (N, 1, S, r) latents)
+            down = torch.bmm(x.flatten(1, -2), a.transpose(1, 2))  # (N, S, r)
+            return output + self.scale * torch.bmm(down, b.transpose(1, 2)).view(output.shape)
         return add_fast
 
     def reset(self, seeds: list[int], device=None, segments=None) -> None:

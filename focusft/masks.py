@@ -28,6 +28,26 @@ Packed rows (several samples in one row, `sample_index` says which token belongs
 get the same blocks per sample, with lo(q) = the first position of q's sample, so no token
 ever sees another sample.
 
+Sliding windows. A layer with a window W (transformers' ``sliding_window``) also limits how
+far back a query looks::
+
+    query q sees keys  max(lo(q), q - W + 1) <= k < hi(q)
+
+On the causal layout this is exactly transformers' sliding-window mask (``sliding_window_overlay``
+on top of causal: key k is visible iff q - W < k <= q). In a context block only the look-back is
+limited; the keys of q's own block ahead of q stay visible, so every row is still one key range
+and a window never hides a query's own block. The row above with W = 2::
+
+    position   0  1  2  3  4  5  6  7
+    blocks     C[0,3) R[3,5) C[5,7) R[7,8)
+    lo(q)      0  0  1  2  3  4  5  6          (max(0, q - 1))
+    hi(q)      3  3  3  4  5  7  7  8
+
+Context query 1 still sees keys 0..2 (its whole block), context query 5 sees keys 4..6; response
+query 4 sees keys 3..4, as in the model's own sliding attention. A window with W >= the row's
+length changes nothing. The window is a property of a decoder layer, not of the batch: the
+layout stays one per batch and `focusft.attention` applies W per call (`window_binds`).
+
 The dense boolean mask (`dense_mask`) exists only as the reference the tests compare with.
 """
 
@@ -167,8 +187,14 @@ class AttentionLayout:
                 for ix in sample_index.tolist())
         return cls(tuple(rows), seq_len)
 
-    def key_ranges(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lo, hi), each (B, S) long: query q of row b sees keys lo <= k < hi. Pads: lo = hi = 0."""
+    def key_ranges(self, window: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lo, hi), each (B, S) long: query q of row b sees keys lo <= k < hi. Pads: lo = hi = 0.
+
+        With ``window`` W, lo(q) = max(lo(q), q - W + 1) (module docstring).
+
+        >>> [t.tolist() for t in AttentionLayout.causal([4], 4).key_ranges(window=2)]
+        [[[0, 0, 1, 2]], [[1, 2, 3, 4]]]
+        """
         lo = torch.zeros(len(self.rows), self.seq_len, dtype=torch.long)
         hi = torch.zeros_like(lo)
         for b, blocks in enumerate(self.rows):
@@ -178,7 +204,20 @@ class AttentionLayout:
                     hi[b, blk.start : blk.end] = torch.arange(blk.start + 1, blk.end + 1)
                 else:
                     hi[b, blk.start : blk.end] = blk.end
+        if window is not None:
+            look_back = torch.arange(self.seq_len) - window + 1
+            lo = torch.where(hi > 0, torch.maximum(lo, look_back), lo)
         return lo, hi
+
+
+def window_binds(blk: Block, window: int | None) -> bool:
+    """Whether a window of `window` keys hides any key of `blk` from one of its queries.
+
+    >>> blk = Block(0, 8, 0, causal=True)
+    >>> window_binds(blk, None), window_binds(blk, 8), window_binds(blk, 7)
+    (False, False, True)
+    """
+    return window is not None and blk.end - blk.key_start > window
 
 
 def glm_key_limits(loss_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

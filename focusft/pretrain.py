@@ -1,19 +1,26 @@
-"""A short next-token pretraining stage for the embedded default model (`focusft pretrain`).
+"""Next-token pretraining of the embedded default model (`focusft pretrain`), in named recipes.
 
-The paper's SFT starts from a pretrained LM. From-scratch tiny models stay at chance on long
-context QA (issue 8), so every method in `focusft experiment` starts from one base made here:
+The paper's SFT starts from a pretrained LM whose attention has sinks (most of the attention
+of most heads on the first token). A from-scratch tiny model has none, so FocuSFT's claim
+(sink mass cut during training) cannot be tested on it. A recipe here makes a base:
 
-* data: an endless stream of documents, each distractor prose (``--haystack``: procedural prose
-  by default, or a directory of books) with the facts of one generated bAbI story (qa1-qa5)
-  scattered through it, followed by ``Question: ...`` / ``Answer: ...`` lines. Only stories whose
-  content key belongs to the *train* split are used (`focusft.evaluation.splits`), so the base
-  never sees a test sample. Documents are concatenated (separated by the eos token) and cut into
-  rows of ``seq_len`` tokens.
-* model: `default.build_default_model(tokenizer, seed)` (a tiny Qwen2), plain causal attention.
-* loop: AdamW, linear warm-up then cosine decay, gradient-norm clip 1.0; next-token loss on
-  every token.
+* data (`focusft.pretrain_data`): rows of ``seq_len`` tokens, each opening with a BOS token,
+  mixed from book prose (the haystack books, or procedural prose), train-split bAbI stories
+  with sentence answers, train-split RULER NIAH / VT / CWE prompts with answers, and sparse
+  key-value copy segments. The retrieval segments make heads that idle on plain text, which
+  is what sinks are made of (the active-dormant mechanism, see pretrain_data).
+* model: `default.build_default_model` (a tiny Qwen2) with the BOS token added to its vocabulary
+  and to the chat template (`pretrain_data.with_bos`), plain causal attention.
+* loop: AdamW (decoupled weight decay on matrices only), linear warm-up then cosine decay,
+  gradient-norm clip 1.0, next-token loss on every token after the BOS.
+* sinks (`focusft.pretrain_sinks`): first-token attention mass per layer, as a multiple of the
+  uniform share, on fixed held-out rows every ``sink_every`` steps; written to pretrain.json
+  (``sinks``) and plotted (sinks.png).
 * output: a plain Hugging Face checkpoint (safetensors) + the tokenizer + pretrain.json, written
   to a temporary directory and renamed into place.
+
+``RECIPES`` holds the named recipes (their measured sink ratios: docs/sinks.md); a recipe's
+fields can be overridden one by one (``--steps`` etc.).
 """
 
 from __future__ import annotations
@@ -21,65 +28,60 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .errors import UserError
 
-PRETRAIN_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+BOOKS = "../shared/data/haystack"  # BABILong-style book noise, relative to the project root
+MIX_SPARSE = {"book": 0.35, "babi": 0.2, "ruler": 0.1, "copy": 0.15, "repeat": 0.2}
 
 
 @dataclass
 class PretrainConfig:
     output_dir: str
-    steps: int = 300
+    recipe: str = "sinks"
+    steps: int = 1200
     seq_len: int = 512
     batch_size: int = 8
-    learning_rate: float = 2e-3
-    warmup: int = 30
-    weight_decay: float = 0.01
+    learning_rate: float = 3e-3
+    warmup: int = 60
+    weight_decay: float = 0.1
     seed: int = 0
-    haystack: str | None = None
-    noise_sentences: tuple[int, int] = (2, 40)  # distractor sentences per document (min, max)
+    heads: int = 4  # attention heads per layer (hidden 128; the embedded default has 4)
+    haystack: str | None = None  # None: the books if present, else procedural prose
+    mix: dict = field(default_factory=lambda: dict(MIX_SPARSE))
+    bos: bool = True
+    ruler_len: int = 448  # tokens per RULER segment
+    sink_every: int = 100  # steps between sink measurements (0: only at the end)
+    sink_rows: int = 4
     log_every: int = 25
 
 
-def documents(seed: int, haystack=None, noise=(2, 40)):
-    """Endless text documents: prose with a train-split bAbI story hidden in it, then its Q/A."""
-    from .evaluation.babi import babi_stories
-    from .evaluation.chat import babi_key
-    from .evaluation.haystack import make_haystack
-    from .evaluation.splits import in_split
-
-    rng = random.Random(seed)
-    hay = make_haystack(haystack, seed)
-    prose = hay.sentences(random.Random(seed + 1))
-    streams = {t: babi_stories(t, random.Random(seed * 31 + i)) for i, t in enumerate(PRETRAIN_TASKS)}
-    while True:
-        sample = next(streams[rng.choice(PRETRAIN_TASKS)])
-        if not in_split(babi_key(sample), "train"):
-            continue
-        filler = [next(prose) for _ in range(rng.randint(*noise))]
-        slots = sorted(rng.randint(0, len(filler)) for _ in sample.facts)
-        text = list(filler)
-        for offset, (slot, fact) in enumerate(zip(slots, sample.facts)):
-            text.insert(slot + offset, fact)
-        yield " ".join(text) + f"\nQuestion: {sample.question}\nAnswer: {sample.answer}"
+# Named recipes: overrides of the PretrainConfig defaults ("sinks" is the default itself).
+RECIPES: dict[str, dict] = {
+    "sinks": {},
+    "prose": dict(mix={"book": 1.0}, weight_decay=0.01),
+    "prose-wd": dict(mix={"book": 1.0}),
+    "sparse-nobos": dict(bos=False),
+    "sparse-lowwd": dict(weight_decay=0.01),
+}
 
 
-def token_rows(tokenizer, seq_len: int, seed: int, haystack=None, noise=(2, 40)):
-    """Endless rows of exactly `seq_len` token ids (documents concatenated with eos between)."""
-    eos = tokenizer.eos_token_id
-    buffer: list[int] = []
-    for doc in documents(seed, haystack, noise):
-        buffer += tokenizer(doc, add_special_tokens=False)["input_ids"] + [eos]
-        while len(buffer) >= seq_len:
-            yield buffer[:seq_len]
-            buffer = buffer[seq_len:]
+def recipe_config(name: str, output_dir: str, **overrides) -> PretrainConfig:
+    if name not in RECIPES:
+        raise UserError(f"--recipe {name!r}: unknown; expected one of {', '.join(RECIPES)}")
+    cfg = replace(PretrainConfig(output_dir=output_dir, recipe=name), **RECIPES[name])
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def resolve_haystack(spec: str | None) -> str | None:
+    if spec is not None:
+        return spec
+    return BOOKS if Path(BOOKS).is_dir() else None
 
 
 def lr_at(step: int, cfg: PretrainConfig) -> float:
@@ -89,62 +91,113 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _validate(cfg: PretrainConfig, out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"--output_dir {out} exists and is not empty; choose a new directory")
+    if cfg.steps < 1 or cfg.seq_len < 16 or cfg.batch_size < 1:
+        raise UserError("--steps and --batch_size must be >= 1 and --seq_len >= 16")
+
+
+def _optimizer(model, cfg: PretrainConfig):
+    import torch
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
+
+
+def _step(model, opt, ids, lr: float) -> float:
+    import torch
+
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
+def build_model(tokenizer, cfg: PretrainConfig):
+    """The embedded default's tiny Qwen2 (with `cfg.heads` heads), its BOS id set, seeded."""
+    import torch
+    from transformers import Qwen2ForCausalLM
+
+    from . import default
+
+    config = default.default_model_config(tokenizer)
+    if config.hidden_size % cfg.heads:
+        raise UserError(f"--heads {cfg.heads} must divide the hidden size {config.hidden_size}")
+    config.num_attention_heads = config.num_key_value_heads = cfg.heads
+    config.bos_token_id = tokenizer.bos_token_id
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(cfg.seed)
+    return Qwen2ForCausalLM(config)
+
+
 def pretrain(cfg: PretrainConfig, log=print) -> dict:
     """Pretrain the default model; save it to cfg.output_dir atomically; return a summary."""
     import torch
 
     from . import default
+    from .pretrain_data import token_rows, with_bos
+    from .pretrain_sinks import first_token_ratio
 
     out = Path(cfg.output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"--output_dir {out} exists and is not empty; choose a new directory")
-    if cfg.steps < 1 or cfg.seq_len < 16:
-        raise UserError("--steps must be >= 1 and --seq_len >= 16")
+    _validate(cfg, out)
+    haystack = resolve_haystack(cfg.haystack)
     torch.manual_seed(cfg.seed)
-    tokenizer = default.load_default_tokenizer()
-    model = default.build_default_model(tokenizer, seed=cfg.seed)
+    tokenizer = with_bos(default.load_default_tokenizer())
+    model = build_model(tokenizer, cfg)
     if cfg.seq_len > model.config.max_position_embeddings:
         raise UserError(f"--seq_len {cfg.seq_len} exceeds the model's "
                         f"{model.config.max_position_embeddings} positions")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate)
-    rows = token_rows(tokenizer, cfg.seq_len, cfg.seed, cfg.haystack, cfg.noise_sentences)
+    opt = _optimizer(model, cfg)
+    # Probe rows: their own seed, always with BOS (the sink is measured on the token SFT sees first).
+    probe = [r for _, r in zip(range(cfg.sink_rows), token_rows(
+        tokenizer, cfg.seq_len, cfg.seed + 7919, cfg.mix, haystack, True, cfg.ruler_len))]
+    rows = token_rows(tokenizer, cfg.seq_len, cfg.seed, cfg.mix, haystack, cfg.bos, cfg.ruler_len)
+    sinks = [{"step": 0, **first_token_ratio(model, probe)}]
     model.train()
     start, history, window = time.perf_counter(), [], []
     for step in range(cfg.steps):
         ids = torch.tensor([next(rows) for _ in range(cfg.batch_size)])
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        window.append(loss.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            mean = sum(window) / len(window)
-            history.append({"step": step + 1, "loss": round(mean, 4)})
-            log(f"pretrain step {step + 1}/{cfg.steps} loss {mean:.4f}")
+        window.append(_step(model, opt, ids, lr_at(step, cfg)))
+        done = step + 1
+        measure = (cfg.sink_every and done % cfg.sink_every == 0) or done == cfg.steps
+        if done % cfg.log_every == 0 or measure:
+            history.append({"step": done, "loss": round(sum(window) / len(window), 4)})
             window = []
+        if measure:
+            sinks.append({"step": done, **first_token_ratio(model, probe)})
+            log(f"pretrain step {done}/{cfg.steps} loss {history[-1]['loss']:.4f} "
+                f"sink ratio (middle layers) {sinks[-1]['middle_ratio']:.1f} "
+                f"per layer {sinks[-1]['ratio']} "
+                f"({time.perf_counter() - start:.0f} s)")
     seconds = time.perf_counter() - start
-    summary = {"checkpoint": str(out), "steps": cfg.steps, "final_loss": history[-1]["loss"],
-               "seconds": round(seconds, 1), "tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
+    summary = {"checkpoint": str(out), "recipe": cfg.recipe, "steps": cfg.steps,
+               "final_loss": history[-1]["loss"], "seconds": round(seconds, 1),
+               "tokens": cfg.steps * cfg.batch_size * cfg.seq_len,
                "parameters": sum(p.numel() for p in model.parameters()),
-               "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()},
-               "history": history}
+               "haystack": haystack or "procedural", "sink_ratio_middle": sinks[-1]["middle_ratio"],
+               "config": asdict(cfg), "history": history, "sinks": sinks}
     save_atomic(model.eval(), tokenizer, out, summary)
     return summary
 
 
 def save_atomic(model, tokenizer, out: Path, summary: dict) -> None:
+    from .pretrain_sinks import plot_history
+
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         (tmp / "pretrain.json").write_text(json.dumps(summary, indent=2))
+        plot_history(summary["sinks"], tmp / "sinks.png",
+                     f"recipe {summary['recipe']}: first-token attention, causal, per layer")
         if out.exists():
             shutil.rmtree(out)  # only ever an empty directory here (checked above)
         os.replace(tmp, out)

@@ -2,16 +2,28 @@
 
 The inner loop runs *inside* the outer forward, at the first adapted layer ``l0``::
 
-    embed -> layers[0:l0] ──h──> (pre-hook on layers[l0]) ──> layers[l0:] -> norm -> lm_head
+    embed -> layers[0:l0] ──h──> (pre-hook on layers[l0]) ──> layers[l0:] -> head
                                   │ inner loop on h.detach(), K times:
-                                  │   layers[l0:] -> norm -> lm_head at target positions
-                                  │   -> per-sample CE -> SGD on the fast weights
+                                  │   layers[l0:] -> head at target positions
+                                  │   -> per-sample loss -> SGD on the fast weights
                                   └ then the outer forward continues with the adapted weights
 
 so the bottom layers run once per step: their output (detached) feeds every inner step and
 (with its graph) the outer pass. Logits are computed only at positions that carry loss, in both
 loops. The hook fires only when armed for the step, so activation checkpointing (which
 re-runs layer forwards during backward) never re-enters the inner loop.
+
+Both loops take the loss the model's own forward would compute under the same mask
+(`focusft.models`): ``head`` is the model's logits head (final norm, LM head, soft-cap or
+scale), and for a mixture-of-experts model whose config asks for router logits the loss adds
+the model's router load-balancing term::
+
+    outer:   sum CE / num_items + coef * lbl(router logits of the batch, padding masked)
+    inner:   L_n = mean CE of sample n + coef * lbl(router logits of sample n's tokens)
+
+The inner term of sample n uses every layer's router logits of its tokens: the bottom layers'
+as the outer forward recorded them (constants), the top layers' from the inner pass. Layer
+calls of the inner loop record into their own store, never into the outer forward's outputs.
 
 Targets: position t predicts token t+1. ``labels[b, t] = input_ids[b, t+1]`` where token t+1
 is an assistant token, else -100 (built by the collator).
@@ -24,9 +36,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import models
 from .checkpointing import inner_checkpointing
 from .distributed import nested_fsdp_call
-from .fast_weights import FastWeights, decoder_layers
+from .fast_weights import FastWeights
 from .inner import InnerConfig, InnerStats, inner_loop
 from .masks import AttentionLayout, row_segments
 
@@ -79,16 +92,17 @@ class InnerJob:
 
     targets: Targets
     layout: AttentionLayout | None = None  # None: the outer layout; else e.g. causal for context
+    token_samples: torch.Tensor | None = None  # (B, S) sample of each token, -1 = pad (aux loss)
 
 
 class BilevelStep:
     """Hooks the inner loop of `fast` into `model`'s forward (see module docstring)."""
 
     def __init__(self, model, fast: FastWeights, cfg: InnerConfig):
-        self.fast, self.cfg = fast, cfg
-        self.layers = decoder_layers(model)
-        self.norm = model.get_decoder().norm
-        self.lm_head = model.get_output_embeddings()
+        self.fast, self.cfg, self.model = fast, cfg, model
+        self.layers = models.decoder_layers(model)
+        self.head = models.logits_head(model)
+        self.aux = models.aux_loss(model)
         self.first = fast.first_layer
         self.job: InnerJob | None = None
         self.stats: InnerStats | None = None
@@ -116,31 +130,40 @@ class BilevelStep:
         job, self.job = self.job, None
         hidden = (args[0] if args else kwargs["hidden_states"]).detach()
         kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        bottom_router = models.recorded_router_logits() if self.aux is not None else []
         # The outer forward may run under activation checkpointing (no-grad or saved-tensor
         # hooks); the inner loop builds and consumes its own ordinary graph.
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
-                nested_fsdp_call(module), inner_checkpointing(self.layers):  # FSDP2: re-entry
+                nested_fsdp_call(module), models.kept_layouts(self.model), \
+                inner_checkpointing(self.layers):  # FSDP2: the top layers are called again
             if job.layout is not None:
                 kwargs["layout"] = job.layout
-                hidden = self._bottom(self._embeds, kwargs)
+                hidden, bottom_router = self._bottom(self._embeds, kwargs)
                 self._embeds = None
-            self.stats = inner_loop(lambda: self._top_losses(hidden, kwargs, job.targets),
+            self.stats = inner_loop(lambda: self._top_losses(hidden, kwargs, job, bottom_router),
                                     self.fast, self.cfg)
         return None
 
-    def _bottom(self, embeds: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        with torch.no_grad():
+    def _bottom(self, embeds: torch.Tensor, kwargs: dict):
+        with torch.no_grad(), models.own_outputs(self.aux is not None) as router:
             h = embeds
             for layer in self.layers[: self.first]:
                 h = _hidden(layer(h, **kwargs))
-        return h
+        return h, list(router)
 
-    def _top_losses(self, hidden: torch.Tensor, kwargs: dict, targets: Targets) -> torch.Tensor:
-        h = hidden
-        for layer in self.layers[self.first :]:
-            h = _hidden(layer(h, **kwargs))
-        picked = self.norm(h[targets.rows, targets.cols])  # (T, hidden): norm is per token
-        return sample_mean_ce(self.lm_head(picked), targets)
+    def _top_losses(self, hidden: torch.Tensor, kwargs: dict, job: InnerJob, bottom_router) -> torch.Tensor:
+        targets = job.targets
+        with models.own_outputs(self.aux is not None) as router:
+            h = hidden
+            for layer in self.layers[self.first :]:
+                h = _hidden(layer(h, **kwargs))
+        losses = sample_mean_ce(self.head(h[targets.rows, targets.cols]), targets)  # head is per token
+        if self.aux is None:
+            return losses
+        if job.token_samples is None:
+            raise ValueError("InnerJob.token_samples is needed for the auxiliary loss")
+        return losses + self.aux.per_sample(bottom_router + list(router), job.token_samples,
+                                            targets.n_samples)
 
 
 def _keep(x):
@@ -155,33 +178,50 @@ def _hidden(out):
 
 
 def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | torch.Tensor | None):
-    """Sum of assistant-token CE / num_items (the global token count), logits at loss positions only.
+    """Sum of assistant-token CE / num_items (the global token count), logits at loss positions
+    only, plus the model's own auxiliary loss if it has one (see module docstring).
 
     Returns (loss, n_tokens). With num_items=None the loss is this batch's token mean.
     """
-    logits, kept = outer_logits(model, batch, layout)
-    return logits_loss(logits, kept, num_items)
+    logits, kept, aux = outer_logits(model, batch, layout)
+    return logits_loss(logits, kept, num_items, aux)
 
 
-def outer_logits(model, batch: dict, layout: AttentionLayout) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (B, P, V) at the P positions that carry loss in some row, and the labels there (B, P)."""
+def outer_logits(model, batch: dict, layout: AttentionLayout):
+    """Logits (B, P, V) at the P positions that carry loss in some row, the labels there (B, P),
+    and the model's own auxiliary loss term (a scalar tensor, or None)."""
     labels = batch["labels"]
     keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
-    # The last layer matters only where logits are taken (also for the response-objective
-    # inner loop, which runs under this layout).
-    layout = layout.with_tail((labels != -100).cpu(), len(decoder_layers(model)) - 1)
+    aux = models.aux_loss(model)
+    extra = {} if aux is None else {"output_router_logits": True}
+    if aux is None:  # the router logits of the last layer are needed at every position
+        # The last layer matters only where logits are taken (also for the response-objective
+        # inner loop, which runs under this layout).
+        layout = layout.with_tail((labels != -100).cpu(), len(models.decoder_layers(model)) - 1)
     out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,
-                logits_to_keep=keep, use_cache=False)
-    return out.logits, labels[:, keep]
+                logits_to_keep=keep, use_cache=False, **extra)
+    aux_term = None if aux is None else aux.batch(out.router_logits, batch["attention_mask"])
+    return out.logits, labels[:, keep], aux_term
 
 
-def logits_loss(logits: torch.Tensor, kept: torch.Tensor, num_items) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of CE / num_items, number of loss tokens); num_items=None: the token mean."""
+def logits_loss(logits: torch.Tensor, kept: torch.Tensor, num_items, aux=None):
+    """(sum of CE / num_items [+ aux], number of loss tokens); num_items=None: the token mean."""
     loss_sum = F.cross_entropy(logits.float().flatten(0, 1), kept.flatten(),
                                ignore_index=-100, reduction="sum")
     n_tokens = (kept != -100).sum()
     denom = n_tokens.clamp(min=1) if num_items is None else num_items
-    return loss_sum / denom, n_tokens
+    loss = loss_sum / denom
+    if aux is not None:
+        loss = loss + aux.to(loss.device)
+    return loss, n_tokens
+
+
+def token_samples(batch: dict) -> torch.Tensor:
+    """(B, S) the sample each token belongs to (the row, or `sample_index` when packed); -1 = pad."""
+    if "sample_index" in batch:
+        return batch["sample_index"]
+    rows = torch.arange(batch["input_ids"].shape[0], device=batch["input_ids"].device)[:, None]
+    return torch.where(batch["attention_mask"].bool(), rows, -1)
 
 
 def batch_layout(batch: dict, attention: str, kernel: str = "sdpa") -> AttentionLayout:
@@ -206,4 +246,5 @@ def arm_inner(fast: FastWeights, bilevel: BilevelStep, batch: dict, seeds: list[
     else:
         targets = context_targets(batch["input_ids"], batch["loss_mask"], batch["attention_mask"], packed)
         job = InnerJob(targets, batch_layout(batch, "causal", kernel))
+    job.token_samples = token_samples(batch)
     bilevel.arm(job)

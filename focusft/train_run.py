@@ -86,9 +86,22 @@ def default_rows(split: str, cfg: FocusConfig, tokenizer) -> datasets.Dataset:
 def build_dataset(path: str | None, split: str, cfg: FocusConfig, tokenizer):
     rows = default_rows(split, cfg, tokenizer) if path is None else load_rows(path)
     source = path or f"embedded default ({split})"
-    dataset, report = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.truncation, source)
+    dataset, report = tokenize_rows(rows, tokenizer, cfg.max_length, cfg.truncation, source,
+                                    empty_think_loss=cfg.empty_think_loss,
+                                    num_proc=cfg.dataset_num_proc)
     logger.warning("focusft data %s: %s", source, report.summary())
     return dataset, report, rows
+
+
+def check_model(model, cfg: FocusConfig) -> None:
+    """Refuse what focusft cannot train exactly; then the self-check (focusft.selfcheck)."""
+    from . import models, selfcheck
+
+    if cfg.skip_model_check:
+        models.check_supported(model)
+        logger.warning("focusft: --skip_model_check: the model self-check is skipped (unsafe)")
+        return
+    selfcheck.check_model(model, cfg)
 
 
 def check_output_dir(cfg: FocusConfig) -> None:
@@ -175,6 +188,7 @@ def train(cfg: FocusConfig) -> dict:
         raise UserError(problem)
     resume_target(cfg)  # a bad --resume_from_checkpoint fails before any work
     model, tokenizer = load_model_and_tokenizer(cfg)
+    check_model(model, cfg)  # nothing is written before the model is known to train exactly
     train_set, report, train_rows = build_dataset(cfg.data, "train", cfg, tokenizer)
     eval_set, _, eval_rows = build_dataset(cfg.eval_data, "eval", cfg, tokenizer) if cfg.eval_data \
         else (None, None, None)

@@ -210,8 +210,8 @@ class FocusTrainer(Trainer):
         layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
         if self.bilevel is not None and self._attached:
             self._prepare_inner(inputs, model.training)
-        logits, kept = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
-        loss, n_tokens = logits_loss(logits, kept, num_items_in_batch)
+        logits, kept, aux = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
+        loss, n_tokens = logits_loss(logits, kept, num_items_in_batch, aux)
         if model.training:
             self._record(inputs, loss, n_tokens, num_items_in_batch)
         elif self._focus_eval is not None:

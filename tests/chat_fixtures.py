@@ -123,3 +123,23 @@ def llama3_tokenizer() -> PreTrainedTokenizerFast:
 def prefix_breaking_tokenizer() -> PreTrainedTokenizerFast:
     """ChatML vocabulary with PREFIX_BREAKING_TEMPLATE."""
     return chatml_tokenizer(PREFIX_BREAKING_TEMPLATE)
+
+
+# ---------------------------------------------------------------------------- any template
+
+# Control-token shapes used by chat templates: <|x|>, <｜x｜>, <x>, </x>, <x|>, <|x>, [INST].
+_CONTROL = r"<\|[^|<>\s'\"]+\|>|<｜[^｜]+｜>|</?[a-z_]+>|<[a-z_]+\|>|<\|[a-z_]+>|\[/?[A-Z_]+\]"
+
+
+def template_tokenizer(template: str) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with ``template`` as its chat template and every control token
+    the template's text spells out added as a special token (so each renders as one token, as
+    in the real model's tokenizer)."""
+    import re
+
+    specials = sorted(set(re.findall(_CONTROL, template)) | {"<|bos|>", "<|eos|>", "<|pad|>"})
+    backend = Tokenizer.from_str(_backend_json(tuple(CHATML_SPECIALS)))
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=template,
+                                  bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    return tok

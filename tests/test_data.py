@@ -17,6 +17,7 @@ from focusft.data import (
     tokenize_conversation,
     tokenize_rows,
 )
+from focusft.templates import encoder_for
 from focusft.errors import UserError
 
 FRANCE = [
@@ -131,11 +132,13 @@ def test_header_tokens_never_in_loss_chatml():
     assert sum(mask) > 0
 
 
-def test_template_that_rewrites_history_is_rejected():
+def test_template_that_rewrites_history_gets_the_located_rule():
+    # Earlier assistant turns render empty once a later message exists: only what R holds is trained.
     tok = prefix_breaking_tokenizer()
-    with pytest.raises(UserError, match="does not reproduce its own prefixes") as err:
-        tokenize_conversation(tok, THREE_TURNS, where="data.jsonl row 4")
-    assert "data.jsonl row 4" in str(err.value) and "messages[1]" in str(err.value)
+    assert encoder_for(tok).rule == "located"
+    ids, mask = tokenize_conversation(tok, THREE_TURNS, where="data.jsonl row 4")
+    # Earlier turns render nothing of their own (R does not change with them): nothing to train.
+    assert loss_runs(tok, ids, mask) == ["Madrid.<|im_end|>"]
 
 
 def test_prefix_breaking_template_is_fine_with_one_assistant_turn():
@@ -440,3 +443,60 @@ def test_collator_rejects_bad_config():
         Collator(pad_id=None)
     with pytest.raises(ValueError):
         Collator(pad_id=0)([])
+
+
+# ---------------------------------------------------------------------------- rules and speed-ups
+
+
+def test_default_template_marks_the_same_tokens_as_the_prefix_rule():
+    """The embedded default's trained numbers do not move: its generation markers train exactly
+    what the prefix rule trained (content + <|im_end|>), and transformers agrees."""
+    from focusft.default import default_training_rows, load_default_tokenizer
+    from focusft.templates import ChatEncoder
+
+    tok = load_default_tokenizer()
+    marked, prefix = ChatEncoder(tok), ChatEncoder(tok, rule="prefix")
+    assert marked.rule == "generation"
+    for row in default_training_rows(12, lengths=(32, 64), tokenizer=tok) + [{"messages": THREE_TURNS}]:
+        ids, mask, _ = marked.encode(row["messages"])
+        assert (ids, mask) == prefix.encode(row["messages"])[:2]
+        out = tok.apply_chat_template(row["messages"], return_dict=True, return_assistant_tokens_mask=True)
+        assert list(out["input_ids"]) == ids and list(out["assistant_masks"]) == mask
+
+
+def test_default_template_renders_and_trains_tool_calls():
+    from focusft.default import load_default_tokenizer
+
+    tok = load_default_tokenizer()
+    text = tok.apply_chat_template(TOOL_TURNS, tools=[WEATHER_TOOL], tokenize=False)
+    assert text.startswith("<|im_start|>system\n# Tools\n") and '"name": "get_weather"' in text
+    assert "<|im_start|>user\n<tool_response>\nsunny, 21 degrees\n</tool_response><|im_end|>\n" in text
+    assert masked(tok, TOOL_TURNS, tools=[WEATHER_TOOL]) == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+        "It is sunny and 21 degrees.<|im_end|>",
+    ]
+    # arguments given as a JSON string render as given
+    as_string = [dict(m) for m in TOOL_TURNS]
+    as_string[1] = {**as_string[1], "tool_calls": [{"type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city":"Paris"}'}}]}
+    assert '"arguments": {"city":"Paris"}}' in masked(tok, as_string)[0]
+
+
+def test_num_proc_gives_the_same_dataset_and_reruns_hit_the_cache(tmp_path, monkeypatch):
+    from focusft import templates
+
+    tok = chatml_tokenizer()
+    rows = [{"messages": THREE_TURNS}, {"messages": FRANCE}, ROW_LONG_PROMPT] * 4
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    one, report_one = tokenize_rows(load_rows(path), tok, 4096, "error", "d.jsonl")
+    two, report_two = tokenize_rows(load_rows(path), tok, 4096, "error", "d.jsonl", num_proc=2)
+    assert one.to_dict() == two.to_dict() and vars(report_one) == vars(report_two)
+    assert report_one.template_rule == "prefix" and report_one.rows_by_rule == {"prefix": 12}
+
+    calls = []
+    original = templates.ChatEncoder.encode
+    monkeypatch.setattr(templates.ChatEncoder, "encode", lambda self, *a: calls.append(1) or original(self, *a))
+    again, _ = tokenize_rows(load_rows(path), tok, 4096, "error", "d.jsonl")
+    assert calls == [] and again.to_dict() == one.to_dict()  # read back from the datasets cache
+    tokenize_rows(load_rows(path), tok, 4000, "error", "d.jsonl")
+    assert len(calls) == 12  # other arguments: tokenized afresh

@@ -31,25 +31,44 @@ def test_eval_babilong_both_masks_writes_reports(tmp_path, capsys):
     assert set(results["models"]) == {f"{model} [causal]", f"{model} [prefix]"}
     for entry in results["models"].values():
         assert set(entry["scores"]) == {"qa1", "qa2"}
-        assert all(set(v) == {0, 1024} or set(v) == {"0", "1024"} for v in entry["scores"].values())
+        assert all(set(v) == {0, 1000} or set(v) == {"0", "1000"} for v in entry["scores"].values())
         assert len(entry["samples"]) == 2 * 2 * 2
+        rec = entry["samples"][0]
+        assert {"prompt", "references", "output", "score"} <= set(rec)
+        assert rec["prompt"].endswith("<|im_start|>assistant\n") and 0 <= rec["score"] <= 1
+        lo, hi = entry["intervals"]["qa1"]["1000"]
+        assert 0 <= lo <= entry["scores"]["qa1"]["1000"] <= hi <= 100
+    assert results["settings"]["noise"].startswith(("books", "procedural"))
     table = (out / "results.md").read_text()
-    assert "| qa1 | 1024 |" in table and "[prefix]" in table
+    assert "| qa1 | 1000 |" in table and "[prefix]" in table and "prompt set: focusft" in table
     assert (out / "accuracy.png").stat().st_size > 1000
     assert "| qa2 | 0 |" in capsys.readouterr().out
 
 
-def test_eval_ruler_subset(tmp_path):
+def test_eval_ruler_default_lengths_run_without_chat_template(tmp_path):
     model = save_tiny(tmp_path / "m")
     out = tmp_path / "res"
-    assert main(["eval", "--model", str(model), "--suite", "ruler", "--tasks", "niah_single_1,cwe",
-                 "--lengths", "1k", "--samples", "1", "--out", str(out)]) == 0
-    scores = json.loads((out / "results.json").read_text())["models"][f"{model} [causal]"]["scores"]
-    assert set(scores) == {"niah_single_1", "cwe"}
-    assert all(0.0 <= v <= 100.0 for per in scores.values() for v in per.values())
+    assert main(["eval", "--model", str(model), "--suite", "ruler", "--tasks", "niah_single_1,vt",
+                 "--samples", "1", "--chat_template", "none", "--haystack", "procedural",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    entry = results["models"][f"{model} [causal]"]
+    assert set(entry["scores"]) == {"niah_single_1", "vt"}
+    assert all(set(v) == {"4096"} for v in entry["scores"].values())  # RULER's default 4k
+    for rec in entry["samples"]:  # plain text, ending with the answer prefix
+        assert "<|im_start|>" not in rec["prompt"] and rec["prompt"].endswith((" is", "they are:"))
+    assert results["settings"]["chat_template"].startswith("none")
 
 
 def test_eval_missing_model_is_a_clear_error(tmp_path, capsys):
     assert main(["eval", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "--model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_bad_haystack_is_a_clear_error(tmp_path, capsys):
+    model = save_tiny(tmp_path / "m")
+    code = main(["eval", "--model", str(model), "--haystack", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "haystack" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

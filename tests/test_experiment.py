@@ -33,3 +33,38 @@ def test_experiment_smoke_writes_report(tmp_path):
     for suite in ("task", "babilong", "ruler"):
         rows = summary["accuracy"][suite].values()
         assert all(n[1] > 0 for row in rows for n in row["counts"].values())
+
+
+def test_long_task_smoke_scores_both_masks(tmp_path):
+    out, report = tmp_path / "exp", tmp_path / "docs" / "results.md"
+    code = main(["experiment", "--smoke", "--task", "long", "--base", "pretrain",
+                 "--methods", "sft-causal,focusft-context", "--out", str(out),
+                 "--report", str(report)])
+    assert code == 0
+    summary = json.loads(report.with_suffix(".json").read_text())
+    assert summary == json.loads((out / "experiment.json").read_text())
+    assert summary["pretrain"]["recipe"] == "sinks" and summary["pretrain"]["sinks"]
+    rows = summary["accuracy"]["babilong"]
+    assert set(rows) == {f"{m} [{k}]" for m in ("base (no SFT)", "sft-causal", "focusft-context")
+                         for k in ("causal", "prefix")}
+    assert all(n[1] == 1 for row in rows.values() for n in row["counts"].values())
+    assert set(summary["final_attention"]["focusft-context"]) == {"causal", "glm"}
+    flags = summary["runs"]["focusft-context|0"]["flags"]
+    assert flags[flags.index("--diagnostics_mask") + 1] == "glm"
+    train = (out / "data" / "train.jsonl").read_text().splitlines()
+    assert all("The most recent location of" in json.loads(r)["messages"][1]["content"] for r in train)
+    text = report.read_text()
+    assert "sft-causal [prefix]" in text and "first-token mass / uniform" in text
+
+
+def test_sweep_runs_on_first_seed_only():
+    from dataclasses import replace
+
+    from focusft.experiment import PRESETS, ExperimentConfig, all_methods
+
+    cfg = replace(ExperimentConfig(), task="long", seeds=[3, 4])
+    names = [m for m in all_methods(cfg) if m not in METHODS]
+    assert names == ["focusft-context-k1", "focusft-context-k4", "focusft-context-lr0.3",
+                     "focusft-context-lr3"]
+    assert all_methods(replace(cfg, sweep=False)) == METHODS
+    assert all_methods(replace(ExperimentConfig(), **PRESETS["quick"])) == METHODS

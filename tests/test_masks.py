@@ -95,3 +95,18 @@ def test_query_blocks_keep_key_ranges_of_needed_queries():
             computed = thi > 0  # rows the tail computes (a real query always sees >= 1 key)
             assert torch.equal(tlo[needed], lo[needed]) and torch.equal(thi[needed], hi[needed])
             assert not (computed & ~(hi > 0)).any()  # never a padding row
+
+
+def test_window_limits_the_look_back_only():
+    lm = torch.tensor([[0, 0, 0, 1, 1, 0, 0, 1, 0]])
+    lo, hi = AttentionLayout.glm(lm, [8]).key_ranges(window=2)
+    assert lo.tolist() == [[0, 0, 1, 2, 3, 4, 5, 6, 0]]  # the worked example; the pad stays 0
+    assert hi.tolist() == [[3, 3, 3, 4, 5, 7, 7, 8, 0]]
+    rng = random.Random(1)
+    for _ in range(30):
+        seq, window = rng.randint(1, 20), rng.randint(1, 8)
+        mask, n = random_row(rng, seq)
+        lo, hi = AttentionLayout.glm(torch.tensor([mask]), [n]).key_ranges(window)
+        q, k = torch.arange(seq)[:, None], torch.arange(seq)[None]
+        want = brute_force_glm(mask, n, seq) & (k > q - window)  # transformers' sliding overlay
+        assert torch.equal(dense_mask(lo, hi)[0, 0], want), (mask, n, window)

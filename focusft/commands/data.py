@@ -30,8 +30,9 @@ FORMATS = (".parquet", ".jsonl")
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="generate BABILong / RULER chat sets",
                               description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("babilong", "ruler", "default"),
-                   help="benchmark family, or the embedded default's task")
+    p.add_argument("suite", choices=("babilong", "ruler", "default", "agentic"),
+                   help="benchmark family, the embedded default's task, or the agentic "
+                        "long-context tool-use suite (messages + tools)")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks (default: all of the suite: qa1..qa5 / 13 RULER)")
     p.add_argument("--lengths", default=None,
@@ -45,6 +46,8 @@ def register(subparsers) -> None:
                    help="local tokenizer directory, or 'default' (see above)")
     p.add_argument("--haystack", default="procedural",
                    help="directory of .txt books for noise, or 'procedural' (built-in prose)")
+    p.add_argument("--prompts", choices=("focusft", "lm-eval"), default="focusft",
+                   help="babilong / ruler wording: focusft's own, or lm-eval's task files")
     p.add_argument("--no-few-shot", action="store_true",
                    help="BABILong: leave the worked examples out of the prompt")
     p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
@@ -95,13 +98,17 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
     from ..evaluation.ruler import RULER_TASKS
     from ..evaluation.tokens import parse_length
 
-    known = {"babilong": BABILONG_TASKS, "ruler": RULER_TASKS, "default": ("locate",)}[args.suite]
+    from ..evaluation.agentic import AGENTIC_TASKS
+
+    known = {"babilong": BABILONG_TASKS, "ruler": RULER_TASKS, "default": ("locate",),
+             "agentic": AGENTIC_TASKS}[args.suite]
     tasks = _csv(args.tasks) if args.tasks else list(known)
     bad = [t for t in tasks if t not in known]
     if bad or not tasks:
         raise UserError(f"--tasks: unknown {args.suite} task(s) {', '.join(bad) or '(none)'}; "
                         f"choose from {', '.join(known)}")
-    default_lengths = {"babilong": "0k,1k", "ruler": "4k", "default": "256,512"}[args.suite]
+    default_lengths = {"babilong": "0k,1k", "ruler": "4k", "default": "256,512",
+                       "agentic": "1k,2k"}[args.suite]
     try:
         lengths = [parse_length(x) for x in _csv(args.lengths or default_lengths)]
     except ValueError as err:
@@ -119,6 +126,7 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.chat import make_chat_rows
     from ..evaluation.haystack import make_haystack
+    from ..evaluation.lm_eval_tasks import LmEvalUnavailable
 
     tasks, lengths, out = _check(args)
     if args.suite == "default":
@@ -132,8 +140,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--haystack: {err}") from err
     tokenizer = load_tokenizer(args.tokenizer)
     try:
-        rows = make_chat_rows(args.suite, tasks, lengths, args.samples, args.seed, args.split,
-                              tokenizer, haystack, few_shot=not args.no_few_shot)
+        if args.suite == "agentic":
+            from ..evaluation.agentic import agentic_rows
+
+            rows = agentic_rows(tasks, lengths, args.samples, args.seed, args.split, tokenizer,
+                                haystack)
+        else:
+            rows = make_chat_rows(args.suite, tasks, lengths, args.samples, args.seed,
+                                  args.split, tokenizer, haystack, few_shot=not args.no_few_shot,
+                                  prompts=args.prompts)
+    except LmEvalUnavailable as err:
+        raise UserError(f"--prompts lm-eval: {err}") from None
     except ValueError as err:  # e.g. a length too small for a RULER task, or too many samples
         raise UserError(f"--lengths/--samples: {err}") from err
     write_rows(rows, out)

@@ -119,6 +119,12 @@ def _measure_model(path: str, rows: list[dict], masks: list[str], args):
     from ..diagnostics.evidence import render_sample
 
     tokenizer, model = _load(path, args)
+    if "glm" in masks:  # measured under the training mask: focusft's attention path
+        from .. import models
+        from ..selfcheck import check_attention
+
+        models.prepare(model)  # layers that drop layout= get it passed on, as in training
+        check_attention(model, "glm", where=f"--model {path}: ")
     samples = [render_sample(tokenizer, row, f"{args.data} row {i}") for i, row in enumerate(rows)]
     if not any(sum(s.loss_mask) for s in samples):
         raise UserError(f"{args.data}: none of the first {len(rows)} rows has an assistant token")

@@ -16,6 +16,13 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2; quick: 0)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     p.add_argument("--tasks", default=None, help="comma-separated BABILong transfer tasks (default qa1-qa5)")
+    p.add_argument("--task", default=None, choices=["locate", "long"],
+                   help="locate (default): the embedded default's one-word task; long: BABILong qa1-qa5 "
+                        "with sentence answers + RULER NIAH/VT/CWE, trained <= 1K, scored at 1K-4K "
+                        "under causal and prefix inference, with a K / inner-lr sweep")
+    p.add_argument("--haystack", default=None,
+                   help="prose for --task long: a directory of .txt books or 'procedural' "
+                        "(default: ../shared/data/haystack when it exists)")
     p.add_argument("--out", default=None, help="working directory (default runs/experiment)")
     p.add_argument("--report", default=None, help="markdown report (default docs/results.md)")
     p.set_defaults(func=run)

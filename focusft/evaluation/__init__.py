@@ -1,13 +1,25 @@
-"""Offline long-context evaluation: BABILong and RULER generators, scorers, chat-format sets.
+"""Offline long-context evaluation: BABILong, RULER and agentic generators, scorers, chat sets.
 
 Everything is generated locally from a seed (no hub downloads): bAbI stories (babi.py) hidden
-in book or procedural prose (haystack.py, babilong.py), RULER's 13 tasks (ruler*.py), the
-benchmarks' scoring rules (scoring.py) and chat rows for training / evaluation (chat.py).
+in book or procedural prose (haystack.py, babilong.py), RULER's 13 tasks (ruler*.py), tool-use
+conversations over long documents (agentic.py), the benchmarks' scoring rules (scoring.py),
+chat rows for training / evaluation (chat.py) and their rendering for generation with the
+answer prefix (render.py). Wording comes from a prompt set (prompt_sets.py): focusft's own, or
+lm-evaluation-harness's task files read at run time (lm_eval_tasks.py).
+
+The generators are importable building blocks for training sets too: ``babi_samples`` (facts,
+question, answer, supporting facts), ``babilong_sample`` (a sample at a token length, with
+``target`` in the prompt set's answer format and ``answer`` the bAbI word), ``ruler_sample``
+(prompt, answer prefix, references), ``make_chat_rows`` / ``agentic_rows`` (chat rows with
+multi-token answers: ``messages[-1]`` is the training target).
 """
 
+from .agentic import AGENTIC_TASKS, agentic_rows
 from .babi import BabiSample, babi_samples
 from .babilong import LongSample, babilong_sample, babilong_samples, context_budget
 from .chat import make_chat_rows
+from .prompt_sets import PROMPT_SETS
+from .render import generation_text
 from .haystack import BookHaystack, ProceduralProse, make_haystack
 from .ruler import RULER_TASKS, RulerSample, ruler_sample, ruler_samples
 from .scoring import (babilong_accuracy, babilong_correct, ruler_score, string_match_all,
@@ -15,7 +27,7 @@ from .scoring import (babilong_accuracy, babilong_correct, ruler_score, string_m
 from .tokens import TokenCounter, format_length, parse_length
 
 __all__ = [
-    "BabiSample", "babi_samples", "LongSample", "babilong_sample", "babilong_samples",
+    "AGENTIC_TASKS", "agentic_rows", "PROMPT_SETS", "generation_text", "BabiSample", "babi_samples", "LongSample", "babilong_sample", "babilong_samples",
     "context_budget", "make_chat_rows", "BookHaystack", "ProceduralProse", "make_haystack",
     "RULER_TASKS", "RulerSample", "ruler_sample", "ruler_samples", "babilong_accuracy",
     "babilong_correct", "ruler_score", "string_match_all", "string_match_part", "TokenCounter",

@@ -16,14 +16,19 @@ person, place, object or direction (e.g. "kitchen", "officer", "billboard", "mil
 removed from the lists, and the templates use none, so the noise can never state or suggest a
 bAbI answer. Profanities are removed too.
 
-``make_haystack(spec)``: ``None`` / ``"procedural"`` -> ProceduralProse, else a directory path
--> BookHaystack.
+``make_haystack(spec)``: ``None`` / ``"procedural"`` -> ProceduralProse; ``"pg19"`` -> the PG-19
+test split's books through ``datasets`` (BABILong's haystack; from the local cache when offline,
+a clear error when it is not cached); ``"books"`` -> the project's book folder
+(``default_books_dir()``: ``$FOCUSFT_HAYSTACK``, else ``../shared/data/haystack`` next to the
+project root); ``"auto"`` -> that folder when present, else ProceduralProse; anything else -> a
+directory of ``*.txt`` books. ``describe_haystack(spec)`` names the source for reports.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.resources
+import os
 import random
 import re
 from pathlib import Path
@@ -47,15 +52,17 @@ class Haystack(Protocol):
 class BookHaystack:
     """Sentences sampled from the plain-text books in a directory."""
 
-    def __init__(self, directory: str | Path, chunk_chars: int = 20_000, min_words: int = 10):
-        root = Path(directory)
-        if not root.is_dir():
-            raise UserError(f"haystack directory {str(root)!r} does not exist")
-        paths = sorted(root.rglob("*.txt"))
-        self.books = [p.read_text(encoding="utf-8", errors="replace") for p in paths]
-        self.books = [b for b in self.books if len(b.split()) > 2 * min_words]
+    def __init__(self, directory: str | Path | None, chunk_chars: int = 20_000, min_words: int = 10,
+                 texts: list[str] | None = None):
+        if texts is None:
+            root = Path(directory)
+            if not root.is_dir():
+                raise UserError(f"haystack directory {str(root)!r} does not exist")
+            paths = sorted(root.rglob("*.txt"))
+            texts = [p.read_text(encoding="utf-8", errors="replace") for p in paths]
+        self.books = [b for b in texts if len(b.split()) > 2 * min_words]
         if not self.books:
-            raise UserError(f"haystack directory {str(root)!r} holds no usable .txt files")
+            raise UserError(f"haystack {str(directory)!r} holds no usable .txt books")
         self.chunk_chars = chunk_chars
         self.min_words = min_words
         self._splitter = _punkt()
@@ -138,8 +145,56 @@ class ProceduralProse:
             yield _SLOT.sub(lambda m: local.choice(vocab[m.group(1)]), template)
 
 
-def make_haystack(spec: str | Path | None, seed: int = 0) -> Haystack:
-    """``None`` or ``"procedural"``: ProceduralProse(seed); a directory: BookHaystack."""
+def default_books_dir() -> Path | None:
+    """``$FOCUSFT_HAYSTACK``, else ``../shared/data/haystack`` beside the project root, if present."""
+    env = os.environ.get("FOCUSFT_HAYSTACK")
+    root = Path(__file__).resolve().parents[2]  # the project root (a source checkout)
+    candidate = Path(env) if env else root.parent / "shared" / "data" / "haystack"
+    return candidate if candidate.is_dir() else None
+
+
+def pg19_books(split: str = "test") -> list[str]:
+    """PG-19 books through ``datasets`` (cached copy when offline); UserError when unavailable."""
+    try:
+        import datasets
+
+        data = datasets.load_dataset("deepmind/pg19", split=split)
+        return list(data["text"])
+    except Exception as err:  # not cached and no network, or datasets refuses the script
+        raise UserError(
+            f"--haystack pg19: PG-19 ({split} split) is not available through `datasets` here: "
+            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}. Download it once "
+            "where there is network (datasets.load_dataset('deepmind/pg19', split='test')) so it "
+            "is cached, or use --haystack books / a folder of .txt books / procedural") from None
+
+
+def resolve_haystack(spec: str | Path | None) -> str:
+    """The concrete source a spec stands for: "procedural", "pg19" or a directory path."""
     if spec is None or str(spec) == "procedural":
+        return "procedural"
+    if str(spec) in ("auto", "books"):
+        books = default_books_dir()
+        if books is None and str(spec) == "books":
+            raise UserError("--haystack books: no book folder found (set FOCUSFT_HAYSTACK to a "
+                            "directory of .txt books)")
+        return str(books) if books is not None else "procedural"
+    return str(spec)
+
+
+def describe_haystack(spec: str | Path | None) -> str:
+    source = resolve_haystack(spec)
+    if source == "procedural":
+        return "procedural prose (built-in templates, wonderwords vocabulary)"
+    if source == "pg19":
+        return "PG-19 test split books (datasets: deepmind/pg19)"
+    return f"books: the *.txt files under .../{'/'.join(Path(source).parts[-3:])}"
+
+
+def make_haystack(spec: str | Path | None, seed: int = 0) -> Haystack:
+    """See the module docstring for the accepted specs."""
+    source = resolve_haystack(spec)
+    if source == "procedural":
         return ProceduralProse(seed)
-    return BookHaystack(spec)
+    if source == "pg19":
+        return BookHaystack("pg19", texts=pg19_books())
+    return BookHaystack(source)

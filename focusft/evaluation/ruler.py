@@ -1,9 +1,11 @@
 """RULER's 13 synthetic tasks, generated offline at a length in the model's tokenizer.
 
-Contract: ``ruler_sample(task, length_tokens, tokenizer, rng, haystack, split=None)`` returns a
-``RulerSample`` whose ``prompt`` (template + answer prefix) plus ``max_new_tokens`` fits in
-``length_tokens`` tokens of ``tokenizer`` with the largest haystack that does (``None`` counts
-whitespace words). Score greedy continuations with ``scoring.ruler_score(sample.metric, ...)``.
+Contract: ``ruler_sample(task, length_tokens, tokenizer, rng, haystack, split=None,
+prompts="focusft", frame_tokens=0)`` returns a ``RulerSample`` whose input (``frame_tokens`` of
+chat template + prompt + answer prefix) plus ``max_new_tokens`` fits in ``length_tokens``
+tokens of ``tokenizer`` with the largest haystack that does (``None`` counts whitespace words).
+``prompts`` names the prompt set (``prompt_sets``: "focusft" or "lm-eval"). Generation continues
+from the answer prefix; score continuations with ``scoring.ruler_score(sample.metric, ...)``.
 
   retrieval   niah_single_1/2/3, niah_multikey_1/2/3, niah_multivalue, niah_multiquery
               (ruler_niah.py)
@@ -40,18 +42,22 @@ RULER_TASKS = tuple(_BUILDERS)
 
 def ruler_sample(task: str, length_tokens: int | str, tokenizer: Any = None,
                  rng: random.Random | None = None, haystack: Haystack | None = None,
-                 split: str | None = None) -> RulerSample:
+                 split: str | None = None, prompts: str = "focusft",
+                 frame_tokens: int = 0) -> RulerSample:
     """One sample of ``task`` at ``length_tokens`` (an int or a label such as "4k")."""
     if task not in _BUILDERS:
         raise ValueError(f"unknown RULER task {task!r}; expected one of {', '.join(RULER_TASKS)}")
     check_split(split)
     length = parse_length(length_tokens)
     builder = _BUILDERS[task]
-    return builder(task, length, as_counter(tokenizer), rng or random.Random(0), haystack, split)
+    return builder(task, length, as_counter(tokenizer), rng or random.Random(0), haystack, split,
+                   prompts, frame_tokens)
 
 
 def ruler_samples(task: str, length_tokens: int | str, n: int, seed: int, tokenizer: Any = None,
-                  haystack: Haystack | None = None, split: str | None = None) -> list[RulerSample]:
+                  haystack: Haystack | None = None, split: str | None = None,
+                  prompts: str = "focusft", frame_tokens: int = 0) -> list[RulerSample]:
     """``n`` samples from one ``random.Random(seed)`` stream; same arguments -> same samples."""
     rng, counter = random.Random(seed), as_counter(tokenizer)
-    return [ruler_sample(task, length_tokens, counter, rng, haystack, split) for _ in range(n)]
+    return [ruler_sample(task, length_tokens, counter, rng, haystack, split, prompts, frame_tokens)
+            for _ in range(n)]

@@ -1,11 +1,14 @@
 """Shared pieces of the RULER tasks: the sample type, length fitting, split-aware drawing.
 
 Contract:
-  ``RulerSample.prompt`` is the task template followed by the answer prefix; the model continues
-  from there. ``answer_prefix`` is that suffix (so chat rows can move it to the assistant turn),
+  ``RulerSample.prompt`` is the filled task template (the model's input); ``answer_prefix`` is
+  the answer prefix that generation starts from (after the chat template's assistant header,
+  or joined to the prompt by ``prompt_sets.join_prefix`` without a chat template: ``text``).
   ``evidence_spans`` are character spans in ``prompt`` of what the answer is read from (needles,
   chain statements, gold documents; empty for CWE/FWE, whose evidence is the whole list).
-  Length rule: the haystack is the largest one with ``tokens(prompt) + max_new_tokens <= length``.
+  Length rule (RULER counts the whole input): the haystack is the largest one with
+  ``frame_tokens + tokens(text) + max_new_tokens <= length``, ``frame_tokens`` being what the
+  chat template adds around the text (0 without one).
 
 ``largest_fitting(build, counter, budget, guess)`` finds that size: ``build(m)`` must render the
 prompt for haystack size ``m`` deterministically and grow with ``m``; we count whole prompts,
@@ -16,32 +19,34 @@ a handful of times, not once per unit.
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .prompt_sets import join_prefix
 from .splits import in_split
 from .tokens import TokenCounter
 
-# RULER's "noise" haystack, repeated sentence by sentence.
-NOISE_SENTENCES = ("The grass is green.", "The sky is blue.", "The sun is yellow.",
-                   "Here we go.", "There and back again.")
-# Worked examples (VT, CWE) are shown only from this length on; below it they would eat most
-# of a tiny model's window. RULER itself always shows them (its lengths start at 4k).
-EXAMPLE_MIN_LENGTH = 2048
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
 @dataclass
 class RulerSample:
     task: str
     length: int
-    prompt: str  # template + answer prefix
+    prompt: str  # the filled template, without the answer prefix
     references: list[str]
     max_new_tokens: int
     metric: str  # "all" (string_match_all) or "part" (string_match_part)
     answer_prefix: str = ""
     evidence_spans: list[tuple[int, int]] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The input without a chat template: prompt, then the answer prefix."""
+        return join_prefix(self.prompt, self.answer_prefix)
 
 
 def largest_fitting(build: Callable[[int], str], counter: TokenCounter, budget: int, guess: int,
@@ -97,9 +102,20 @@ def units_for(counts: list[int], room: int) -> int:
     return len(counts)
 
 
-def noise_stream():
+def repeat_stream(unit: str):
     while True:
-        yield from NOISE_SENTENCES
+        yield unit
+
+
+def fill(template: str, **fields: str) -> str:
+    """``{name}`` placeholders replaced in one pass (values are not re-scanned: books may hold
+    braces)."""
+    return _PLACEHOLDER.sub(lambda m: fields.get(m.group(1), m.group(0)), template)
+
+
+def context_start(template: str, **fields: str) -> int:
+    """Character offset of ``{context}`` in the filled ``template``."""
+    return len(fill(template.split("{context}")[0], **fields))
 
 
 def draw_in_split(draw: Callable[[], str], split: str | None, avoid=()) -> str:

@@ -11,9 +11,10 @@ towns (names from random syllables, so a model cannot know the answer in advance
   qa_2 (two hops, HotpotQA-like): a gold person document and the gold document of the town
        that person was born in; the question asks the river or the founder of "the town where
        {person} was born". Distractors: other person and town documents.
-Documents are rendered "Document {i}:\\n{doc}" (numbered after placement) and separated by blank
-lines; gold documents sit at random positions among as many distractors as fit. References =
-[the answer]; string_match_part; 32 new tokens. Names are unique within a sample; with
+Documents are rendered with the prompt set's document format ("Document {i}:\\n{document}",
+numbered after placement) and separated by blank lines; gold documents sit at random positions
+among as many distractors as fit. References = [the answer]; string_match_part; the prompt
+set's max_new_tokens (32). Names are unique within a sample; with
 ``split`` given, the answer name is drawn from that split's share of names.
 """
 
@@ -21,10 +22,10 @@ from __future__ import annotations
 
 import random
 
-from .ruler_base import RulerSample, draw_in_split, largest_fitting, spans_of
+from .prompt_sets import join_prefix, ruler_texts
+from .ruler_base import RulerSample, draw_in_split, fill, largest_fitting, spans_of
 from .tokens import TokenCounter
 
-MAX_NEW_TOKENS = 32
 _ONSETS = ("b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p", "r", "s",
            "st", "t", "th", "v", "w", "z", "sk", "tr")
 _VOWELS = ("a", "e", "i", "o", "u", "ae", "ei", "ou")
@@ -124,18 +125,15 @@ def _distractors(rng: random.Random, names: _Names, towns_too: bool):
             yield _person_doc(rng, names, names.town())[0]
 
 
-def _texts(context: str, question: str) -> tuple[str, str]:
-    rule = "Answer the question using the documents. Reply with the answer only, nothing else."
-    template = (f"{rule}\n\nThe documents:\n\n{context}\n\n{rule}\n\nQuestion: {question}")
-    return template, " Answer:"
-
-
 def qa_sample(task: str, length: int, counter: TokenCounter, rng: random.Random,
-              haystack=None, split: str | None = None) -> RulerSample:
+              haystack=None, split: str | None = None, prompts: str = "focusft",
+              frame_tokens: int = 0) -> RulerSample:
+    texts = ruler_texts(prompts)
     names = _Names(rng)
     gold_fn = _qa1_gold if task == "qa_1" else _qa2_gold
     gold, question, answer = gold_fn(rng, names, split)
-    budget = length - MAX_NEW_TOKENS
+    new_tokens = texts.new_tokens(task)
+    budget = length - new_tokens - frame_tokens
     stream = _distractors(rng, names, towns_too=task == "qa_2")
     first = [next(stream) for _ in range(8)]
     per_doc = sum(counter.count_many(first)) / len(first) + 6  # + "Document i:" header
@@ -146,14 +144,15 @@ def qa_sample(task: str, length: int, counter: TokenCounter, rng: random.Random,
         docs = list(pool[:m])
         for doc, f in sorted(zip(gold, fractions), key=lambda x: x[1]):
             docs.insert(int(f * (len(docs) + 1)), doc)
-        body = "\n\n".join(f"Document {i + 1}:\n{d}" for i, d in enumerate(docs))
-        template, prefix = _texts(body, question)
-        return f"{template}{prefix}"
+        body = "\n\n".join(fill(texts.qa_document, i=str(i + 1), document=d)
+                            for i, d in enumerate(docs))
+        return fill(texts.qa_template, context=body, query=question)
 
-    fixed = counter.count(build(0))
-    m = largest_fitting(build, counter, budget, max(0, int((budget - fixed) / per_doc)),
+    full = lambda m: join_prefix(build(m), texts.qa_prefix)  # noqa: E731
+    fixed = counter.count(full(0))
+    m = largest_fitting(full, counter, budget, max(0, int((budget - fixed) / per_doc)),
                         maximum=len(pool))
     prompt = build(m)
     evidence = sorted(spans_of(prompt, [d], 0)[0] for d in gold)
-    return RulerSample(task, length, prompt, [answer], MAX_NEW_TOKENS, "part", " Answer:",
+    return RulerSample(task, length, prompt, [answer], new_tokens, "part", texts.qa_prefix,
                        evidence, {"documents": m + len(gold)})

@@ -2,11 +2,12 @@
 
 Chain (4 hops, 5 variables, names of 5 capital letters, a 5-digit value):
   VAR AAAAA = 12345.  VAR BBBBB = VAR AAAAA.  ...  VAR EEEEE = VAR DDDDD.
-The statements keep chain order at sorted random positions among RULER's noise sentences.
-Question: which variables are assigned the value; references = the 5 names; string_match_all;
-30 new tokens. A worked example (same format, 10 noise sentences, answer given) comes first
-when the length is at least ``EXAMPLE_MIN_LENGTH``. With ``split`` given, the asked variable
-names are drawn from that split's share of names.
+Noise, as in RULER: the prompt set's noise paragraph as one unit, repeated, units joined by
+"\\n"; the statements keep chain order at sorted random unit positions. Question: which
+variables are assigned the value; references = the 5 names; string_match_all; the prompt set's
+max_new_tokens (30). One worked example comes first at every length, as in RULER: a chain in
+``EXAMPLE_UNITS`` noise units, the answer prefix and the names, then a blank line. With
+``split`` given, the asked variable names are drawn from that split's share of names.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import random
 import string
 
-from .ruler_base import (EXAMPLE_MIN_LENGTH, NOISE_SENTENCES, RulerSample, draw_in_split,
-                         insert_at, largest_fitting, noise_stream, random_number, spans_of,
-                         take_units, units_for)
+from .prompt_sets import join_prefix, ruler_texts
+from .ruler_base import (RulerSample, context_start, draw_in_split, fill, insert_at,
+                         largest_fitting, random_number, repeat_stream, spans_of, take_units,
+                         units_for)
 from .tokens import TokenCounter
 
-MAX_NEW_TOKENS = 30
 HOPS = 4
+EXAMPLE_UNITS = 5
 
 
 def _chain(rng: random.Random, split: str | None) -> tuple[list[str], str, list[str]]:
@@ -37,41 +39,42 @@ def _chain(rng: random.Random, split: str | None) -> tuple[list[str], str, list[
     return names, value, statements
 
 
-def _texts(context: str, value: str) -> tuple[str, str]:
-    """(template, answer prefix)."""
-    template = ("Memorize and track the chain of variable assignments hidden in the following "
-                f"text.\n\n{context}\nQuestion: Find all variables that are assigned the value "
-                f"{value} in the text above.")
-    prefix = (" Answer: According to the chain of variable assignments in the text above, "
-              f"{HOPS + 1} variables are assigned the value {value}, they are:")
-    return template, prefix
+def _context(noise: list[str], statements: list[str], fractions: list[float]) -> str:
+    positions = [int(f * (len(noise) + 1)) for f in fractions]  # 0..k, chain order kept
+    return "\n".join(insert_at(noise, statements, positions))
 
 
-def _example(rng: random.Random) -> str:
+def _example(rng: random.Random, texts) -> str:
     names, value, statements = _chain(rng, None)
-    noise = [NOISE_SENTENCES[i % len(NOISE_SENTENCES)] for i in range(10)]
-    context = " ".join(insert_at(noise, statements, [0, 2, 4, 6, 8]))
-    template, prefix = _texts(context, value)
-    return f"{template}{prefix} {' '.join(names)}\n\n"
+    fields = dict(query=value, num_v=str(HOPS + 1))
+    noise = [texts.repeat_noise] * EXAMPLE_UNITS
+    context = _context(noise, statements, sorted(rng.random() for _ in statements))
+    text = join_prefix(fill(texts.vt_template, context=context, **fields),
+                       fill(texts.vt_prefix, **fields))
+    return f"{text} {' '.join(names)}\n\n"
 
 
 def vt_sample(task: str, length: int, counter: TokenCounter, rng: random.Random,
-              haystack=None, split: str | None = None) -> RulerSample:
-    example = _example(rng) if length >= EXAMPLE_MIN_LENGTH else ""
+              haystack=None, split: str | None = None, prompts: str = "focusft",
+              frame_tokens: int = 0) -> RulerSample:
+    texts = ruler_texts(prompts)
+    example = _example(rng, texts)
     names, value, statements = _chain(rng, split)
-    budget = length - MAX_NEW_TOKENS
-    units, counts = take_units(noise_stream(), counter, budget)
+    fields = dict(query=value, num_v=str(HOPS + 1))
+    prefix = fill(texts.vt_prefix, **fields)
+    new_tokens = texts.new_tokens(task)
+    budget = length - new_tokens - frame_tokens
+    units, counts = take_units(repeat_stream(texts.repeat_noise), counter, budget)
     fractions = sorted(rng.random() for _ in statements)
 
     def build(k: int) -> str:
-        positions = [int(f * (k + 1)) for f in fractions]  # 0..k, chain order kept
-        template, prefix = _texts(" ".join(insert_at(units[:k], statements, positions)), value)
-        return f"{example}{template}{prefix}"
+        context = _context(units[:k], statements, fractions)
+        return example + fill(texts.vt_template, context=context, **fields)
 
-    fixed = counter.count(build(0))
-    k = largest_fitting(build, counter, budget, units_for(counts, budget - fixed),
-                        maximum=len(units))
+    fixed = counter.count(join_prefix(build(0), prefix))
+    k = largest_fitting(lambda m: join_prefix(build(m), prefix), counter, budget,
+                        units_for(counts, budget - fixed), maximum=len(units))
     prompt = build(k)
-    prefix = _texts("", value)[1]
-    return RulerSample(task, length, prompt, names, MAX_NEW_TOKENS, "all", prefix,
-                       spans_of(prompt, statements, len(example)), {"noise_units": k})
+    start = len(example) + context_start(texts.vt_template, **fields)
+    return RulerSample(task, length, prompt, names, new_tokens, "all", prefix,
+                       spans_of(prompt, statements, start), {"noise_units": k})

@@ -12,11 +12,20 @@ RULER, per sample: pred -> strip, every control character (U+0000..U+001F) -> "\
                       CWE, FWE);
   string_match_part = mean over samples of (1 if any reference is found), x 100       (QA).
   "found" = case-insensitive substring.
+
+Per sample (``sample_score``): 1/0 for BABILong and exact match, the fraction of references
+found (``all``) or 1/0 (``part``) for RULER. ``normalized_exact_match``: lowercase, articles and
+punctuation removed, whitespace collapsed (SQuAD's normalisation), equal strings.
+Intervals (``wilson_interval``): the Wilson score interval at 95 % for a mean of n per-sample
+scores in [0, 1] (exact for 0/1 scores; for RULER's partial credit the mean is treated as a
+proportion of n, a common approximation).
 """
 
 from __future__ import annotations
 
+import math
 import re
+import string
 from typing import Sequence
 
 _ROOMS = frozenset({"bathroom", "bedroom", "garden", "hallway", "kitchen", "office"})
@@ -83,3 +92,45 @@ def ruler_score(metric: str, preds: Sequence[str], refs_list: Sequence[Sequence[
     if metric == "part":
         return string_match_part(preds, refs_list)
     raise ValueError(f"unknown RULER metric {metric!r}; expected 'all' or 'part'")
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD-style normalisation: lowercase, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def normalized_exact_match(output: str, references: Sequence[str]) -> bool:
+    """The first line of ``output`` equals one reference after ``normalize_answer``."""
+    lines = normalize_prediction(output).splitlines()
+    got = normalize_answer(lines[0] if lines else "")
+    return any(got == normalize_answer(r) for r in references)
+
+
+def sample_score(metric: str, output: str, references: Sequence[str], question: str = "",
+                 task: str = "") -> float:
+    """One sample's score in [0, 1] under ``metric`` ("babilong", "all", "part", "exact")."""
+    if metric == "babilong":
+        return float(babilong_correct(output, references[0], question, task))
+    if metric == "exact":
+        return float(normalized_exact_match(output, references))
+    found = _found(output, references)
+    if metric == "all":
+        return sum(found) / len(found)
+    if metric == "part":
+        return float(any(found))
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def wilson_interval(mean: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95 % Wilson score interval (as fractions) for a mean of ``n`` scores in [0, 1]."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = min(1.0, max(0.0, mean))
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -9,8 +9,10 @@ hand; budgets are then in words, not tokens).
 Batched counting (``count_many``) is what makes long contexts cheap: generators tokenize each
 sentence once and sum, instead of re-tokenizing the growing context.
 
-Length labels: ``"4k"`` is 4 * 1024 = 4096 tokens, ``"0k"`` is 0 (facts only); plain integers
-("256" or 256) are taken as token counts.
+Length labels: ``"4k"`` is 4 * ``kilo`` tokens, ``"0k"`` is 0 (facts only); plain integers
+("256" or 256) are taken as token counts. The conventions differ by benchmark: RULER's lengths
+are powers of two (``kilo=1024``: "4k" = 4096), BABILong's are 1000-based (``kilo=1000``:
+"1k" = 1000, see ``SUITE_KILO``).
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import re
 from typing import Any, Sequence
 
 _LABEL = re.compile(r"^\s*(\d+)\s*([kK]?)\s*$")
+SUITE_KILO = {"babilong": 1000, "ruler": 1024, "agentic": 1024}
 
 
-def parse_length(value: str | int) -> int:
-    """``"4k"`` -> 4096, ``"0k"`` -> 0, ``"256"`` / ``256`` -> 256."""
+def parse_length(value: str | int, kilo: int = 1024) -> int:
+    """``"4k"`` -> 4 * kilo, ``"0k"`` -> 0, ``"256"`` / ``256`` -> 256."""
     if isinstance(value, bool):
         raise ValueError(f"invalid length {value!r}")
     if isinstance(value, int):
@@ -32,13 +35,13 @@ def parse_length(value: str | int) -> int:
     match = _LABEL.match(str(value))
     if not match:
         raise ValueError(f"invalid length {value!r}; expected e.g. 0k, 4k, 128k or a token count")
-    number, kilo = int(match.group(1)), match.group(2)
-    return number * 1024 if kilo else number
+    number, unit = int(match.group(1)), match.group(2)
+    return number * kilo if unit else number
 
 
-def format_length(tokens: int) -> str:
+def format_length(tokens: int, kilo: int = 1024) -> str:
     """Inverse of ``parse_length`` for display: 4096 -> "4k", 300 -> "300"."""
-    return f"{tokens // 1024}k" if tokens % 1024 == 0 else str(tokens)
+    return f"{tokens // kilo}k" if tokens % kilo == 0 else str(tokens)
 
 
 class TokenCounter:

@@ -18,14 +18,16 @@ from focusft.errors import UserError
 def test_parse_length():
     assert [parse_length(x) for x in ("0k", "1k", "4k", "128k", "256", 300)] == [
         0, 1024, 4096, 131072, 256, 300]
+    assert [parse_length(x, kilo=1000) for x in ("1k", "128k", "256")] == [1000, 128000, 256]
     with pytest.raises(ValueError):
         parse_length("4m")
 
 
 def test_context_budget_rule():
     assert context_budget(0) == 0
-    assert context_budget(1024) == 724 and context_budget(32768) == 32468
-    assert context_budget(256) == 256 - 75  # 300/1024 of the length, rounded up
+    # BABILong's lengths are 1000-based: "1k" leaves 700 tokens of noise + facts.
+    assert context_budget(1000) == 700 and context_budget(128000) == 127700
+    assert context_budget(256) == 256 - 77  # 300/1000 of the length, rounded up
 
 
 def _facts_in_order(context: str, facts: list[str]) -> bool:
@@ -44,13 +46,13 @@ def test_facts_in_order_length_and_evidence(task, length, tokenizer):
     for b in babi_samples(task, 4, seed=11):
         s = babilong_sample(b, length, tokenizer, ProceduralProse(), random.Random(3))
         assert _facts_in_order(s.context, b.facts)
-        budget = context_budget(parse_length(length))
+        budget = context_budget(parse_length(length, kilo=1000))
         used = n_tokens(tokenizer, s.context)
         # Stated tolerance: at most the budget, at most max(10 tokens, 0.5 %) below it.
         assert budget - max(10, budget // 200) <= used <= budget, (used, budget)
         assert [s.prompt[a:e] for a, e in s.evidence_spans] == [b.facts[i] for i in b.supporting]
         assert s.prompt.endswith(f"</context>\n\nQuestion: {b.question}")
-        assert s.target == b.answer and s.length == parse_length(length)
+        assert s.target == b.answer and s.length == parse_length(length, kilo=1000)
 
 
 def test_zero_k_is_facts_only(tokenizer):
@@ -105,3 +107,37 @@ def test_procedural_prose_has_no_babi_words():
     assert len(set(sentences)) == len(sentences)
     assert isinstance(make_haystack(None), ProceduralProse)
     assert isinstance(make_haystack("procedural"), ProceduralProse)
+
+
+def test_pg19_haystack_uses_datasets_or_says_why(monkeypatch):
+    import datasets
+
+    from focusft.evaluation.haystack import describe_haystack
+
+    def missing(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub (offline)")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    with pytest.raises(UserError, match="--haystack pg19.*not available.*cached"):
+        make_haystack("pg19")
+    book = " ".join(f"Sentence number {i} of the cached book has more than ten words." for i in
+                    range(400))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: {"text": [book]})
+    hay = make_haystack("pg19")
+    assert isinstance(hay, BookHaystack) and "cached book" in next(hay.sentences(random.Random(0)))
+    assert describe_haystack("pg19").startswith("PG-19")
+
+
+def test_auto_haystack_finds_the_book_folder(tmp_path, monkeypatch):
+    from focusft.evaluation.haystack import describe_haystack, resolve_haystack
+
+    (tmp_path / "b.txt").write_text(" ".join(["A sentence with well over ten words in it, truly."]
+                                             * 200))
+    monkeypatch.setenv("FOCUSFT_HAYSTACK", str(tmp_path))
+    assert resolve_haystack("auto") == str(tmp_path) and isinstance(make_haystack("books"),
+                                                                  BookHaystack)
+    assert describe_haystack("auto").startswith("books")
+    monkeypatch.setenv("FOCUSFT_HAYSTACK", str(tmp_path / "none"))
+    assert resolve_haystack("auto") == "procedural"
+    with pytest.raises(UserError, match="--haystack books"):
+        make_haystack("books")

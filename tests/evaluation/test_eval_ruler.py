@@ -29,10 +29,11 @@ def test_thirteen_tasks():
 @pytest.mark.parametrize("task", RULER_TASKS)
 def test_length_within_tolerance(task, samples, tokenizer):
     s = samples[task]
-    total = n_tokens(tokenizer, s.prompt) + s.max_new_tokens
+    total = n_tokens(tokenizer, s.text) + s.max_new_tokens
     # Stated tolerance: never over the length, at most 3 % under it (one haystack unit).
     assert LENGTH * 0.97 <= total <= LENGTH, total
-    assert s.prompt.endswith(s.answer_prefix) and s.references
+    assert s.text.endswith(" " + s.answer_prefix) and not s.prompt.endswith(s.answer_prefix)
+    assert s.references and s.answer_prefix == s.answer_prefix.strip()
     assert s.metric == ("part" if task.startswith("qa") else "all")
 
 
@@ -54,6 +55,13 @@ def test_niah_needles_hold_the_references(task, samples):
         assert len(needles) == spec.keys * spec.values_per_key
     single = len(s.references) == 1
     assert s.answer_prefix.endswith(" is" if single else " are")
+    # Singular tasks use singular wording throughout (header, question, prefix), as RULER does.
+    header = s.prompt.split("\n")[0]
+    assert header.startswith("A special magic number" if single and spec.value == "numbers" else
+                             "A special magic uuid" if single else "Some special magic")
+    if spec.haystack == "noise":  # RULER's noise: the paragraph as one unit per line
+        lines = s.prompt.split("\n")[1:-1]
+        assert sum(line.startswith("The grass is green.") for line in lines) == len(lines) - 1
 
 
 def test_vt_chain(samples):
@@ -63,6 +71,14 @@ def test_vt_chain(samples):
     assert len(names) == 5 and re.fullmatch(r"VAR [A-Z]{5} = \d{5}\.", statements[0])
     assert statements[1:] == [f"VAR {b} = VAR {a}." for a, b in zip(names, names[1:])]
     assert "they are:" in s.answer_prefix and s.prompt.count("Memorize and track") == 2  # example
+
+
+def test_vt_and_cwe_examples_at_every_length(tokenizer):
+    for length in (2048, 4096):
+        vt = ruler_sample("vt", length, tokenizer, random.Random(0))
+        cwe = ruler_sample("cwe", length, tokenizer, random.Random(0))
+        assert vt.prompt.count("Memorize and track") == 2
+        assert cwe.prompt.count("Below is a numbered list") == 2
 
 
 def test_cwe_common_words_are_references(samples):
@@ -87,13 +103,15 @@ def test_cwe_below_4k_uses_6_and_1(tokenizer):
 
 def test_fwe_counts_follow_zipf(samples):
     s = samples["fwe"]
-    text = s.prompt.split("appear most often.\n")[1].split("\nQuestion")[0]
+    text = s.prompt.split("appear most often. ")[1].split("\nQuestion")[0]
     counts = Counter(text.split())
     n, vocab = s.meta["n"], s.meta["vocab"]
     assert vocab == (LENGTH - 50) // 50
     expected = [c for c in fwe_counts(n, vocab) if c > 0]
     assert sorted(counts.values(), reverse=True) == expected
-    assert [w for w, _ in counts.most_common(3)] == s.references
+    # Rank 1 is the noise word '....' (the prompt says to ignore it); the answer is ranks 2-4.
+    ranked = [w for w, _ in counts.most_common(4)]
+    assert ranked[0] == "...." and ranked[1:] == s.references and "'....'" in s.prompt
     assert expected[0] == int(n / (3.141592653589793 ** 2 / 6))
 
 

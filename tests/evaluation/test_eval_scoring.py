@@ -74,3 +74,24 @@ def test_ruler_score_dispatch():
     assert ruler_score("part", ["a b"], [["a", "c"]]) == 100.0
     with pytest.raises(ValueError):
         ruler_score("exact", ["a"], [["a"]])
+
+
+def test_wilson_interval_known_values():
+    from focusft.evaluation.scoring import wilson_interval
+
+    lo, hi = wilson_interval(0.5, 20)
+    assert abs(lo - 0.2993) < 1e-3 and abs(hi - 0.7007) < 1e-3
+    lo, hi = wilson_interval(1.0, 10)  # a perfect score still has a lower bound below 1
+    assert abs(lo - 0.7225) < 1e-3 and abs(hi - 1.0) < 1e-9
+    assert wilson_interval(0.0, 0) == (0.0, 1.0)
+
+
+def test_normalized_exact_match_and_sample_scores():
+    from focusft.evaluation.scoring import normalized_exact_match, sample_score
+
+    assert normalized_exact_match(" The Kenzaerk company.\nmore", ["Kenzaerk company"])
+    assert not normalized_exact_match("Kenzaerk or Vum", ["Kenzaerk"])
+    assert sample_score("all", "a1 x", ["a1", "a2"]) == 0.5
+    assert sample_score("part", "a1 x", ["a1", "a2"]) == 1.0
+    assert sample_score("babilong", "kitchen", ["kitchen"], "Where is Mary?", "qa1") == 1.0
+    assert sample_score("exact", "kitchen.", ["Kitchen"]) == 1.0
