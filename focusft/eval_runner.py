@@ -141,7 +141,7 @@ def generate_outputs(model, tokenizer, rows: list[dict], spec: EvalSpec, mode: s
         from .inference import greedy_generate as generate
 
     texts = [prompt_text(tokenizer, r, spec.chat_template) for r in rows]
-    prompts = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    prompts = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] for t in texts]
     order = sorted(range(len(rows)), key=lambda i: (len(prompts[i]), i))
     outputs: list[str] = [""] * len(rows)
     stops, pad = stop_token_ids(tokenizer), tokenizer.pad_token_id or 0

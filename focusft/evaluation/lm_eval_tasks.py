@@ -13,7 +13,8 @@ What is read, per file:
   ruler/prepare_niah.py  ``NEEDLE``; the ``template.replace(a, b)`` calls that make the singular
                          form; the two ``gen_prefix`` f-strings; the "repeat" haystack string
   ruler/vt_utils.py      ``CONFIG["variable_tracking"]`` template and answer prefix
-  ruler/cwe_utils.py     ``CONFIG`` template and answer prefix
+  ruler/cwe_utils.py     ``CONFIG`` template and answer prefix; whether the sample's input
+                         carries the worked example
   ruler/fwe_utils.py     ``CONFIG`` template and answer prefix; the noise word (``vocab[0] = ..``)
   ruler/qa_utils.py      ``CONFIG`` template and answer prefix; ``DOCUMENT_PROMPT``
   ruler/*.yaml           ``generation_kwargs.max_gen_toks`` per task
@@ -164,6 +165,18 @@ def _fwe_noise_word() -> str:
     raise _missing(rel, "the noise word assignment vocab[0] = ...")
 
 
+def _cwe_example_in_input() -> bool:
+    """Whether cwe_utils' sample ``"input"`` includes its worked example (0.4.13: it does not;
+    ``input_example`` is stored in a field of its own that the task never shows)."""
+    rel = "ruler/cwe_utils.py"
+    for node in ast.walk(_tree(rel)):
+        if isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and k.value == "input":
+                    return "input_example" in ast.unparse(v)
+    raise _missing(rel, 'the sample dict with an "input" key')
+
+
 # --- YAML files ------------------------------------------------------------------------------
 class _Loader:
     """A yaml SafeLoader that keeps ``!function module.name`` tags as plain strings."""
@@ -227,6 +240,7 @@ def ruler_fields() -> dict:
         qa_template=_config("ruler/qa_utils.py", "template"),
         qa_prefix=_config("ruler/qa_utils.py", "answer_prefix").strip(),
         qa_document=string_constant("ruler/qa_utils.py", "DOCUMENT_PROMPT"),
+        cwe_example=_cwe_example_in_input(),
         max_new_tokens={"niah": niah_new, **{t: _max_gen_toks(f"ruler/{f}")
                                              for t, f in RULER_YAML.items() if t != "niah_single_1"}},
     )

@@ -42,6 +42,7 @@ class RulerTexts:
     qa_prefix: str
     qa_document: str
     max_new_tokens: dict = field(default_factory=dict)  # "niah" | "vt" | "cwe" | "fwe" | "qa_*"
+    cwe_example: bool = True  # RULER shows a worked CWE example; lm-eval's port does not
 
     def niah(self, single: bool) -> tuple[str, str]:
         """(template, prefix) of NIAH for one value asked (``single``) or several."""

@@ -5,7 +5,8 @@ appear 30 times each and every other word 3 times (6 and 1 when the length is be
 number of other words is the largest that fits. References = the 10 common words; string_match_all;
 the prompt set's max_new_tokens (120). One worked example comes first at every length, as in
 RULER: 40 words, the 10 common ones x10 and the rest x3 (below 4k: 20 words, x3 and x1), with
-the answer prefix and its numbered answer, then a newline. The pool (~8.5k distinct words) runs
+the answer prefix and its numbered answer, then a newline (lm-eval's port leaves it out:
+``RulerTexts.cwe_example``). The pool (~8.5k distinct words) runs
 out around 64k-128k with compact tokenizers: the list then stops short (``meta["truncated"]``).
 Small-vocabulary tokenizers (numbers digit by digit) cannot fit 10 words x30 plus the example
 in 4k: the below-4k frequencies and example are then used (``meta["common_freq"] == 6``).
@@ -75,6 +76,7 @@ def _cwe(task: str, length: int, counter: TokenCounter, rng: random.Random, spli
     texts, pool = ruler_texts(prompts), _word_pool()
     fc, fo = (6, 1) if short else (30, 3)
     example = _cwe_example(rng, pool, texts, short)
+    example = example if texts.cwe_example else ""  # drawn anyway: same samples either way
     common: list[str] = []
     while len(common) < 10:
         common.append(draw_in_split(lambda: rng.choice(pool), split, avoid=common))

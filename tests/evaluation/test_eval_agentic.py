@@ -78,7 +78,7 @@ def test_ceiling(rows, tok):
 
 def test_data_command_writes_trainable_rows(tmp_path):
     out = tmp_path / "a.jsonl"
-    assert main(["data", "agentic", "--lengths", "1k", "--samples", "2", "--split", "train",
+    assert main(["data", "agentic", "--lengths", "2k", "--samples", "2", "--split", "train",
                  "--haystack", "procedural", "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and all(r["tools"] and r["messages"][-1]["role"] == "assistant"

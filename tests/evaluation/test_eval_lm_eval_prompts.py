@@ -85,7 +85,9 @@ def test_ruler_templates_and_prefixes(task, rel, key):
     cfg = config(rel)
     cfg = cfg[key] if key else cfg
     head, tail = cfg["template"].split("{context}")
-    at = s.prompt.rindex(head[:40]) if task in ("vt", "cwe") else 0  # after the worked example
+    at = s.prompt.rindex(head[:40]) if task == "vt" else 0  # after VT's worked example
+    if task == "cwe":  # lm-eval's CWE input has no worked example (RULER's has one)
+        assert s.prompt.count(head[:40]) == 1
     body = s.prompt[at:]
     context = body[len(head):body.rindex(tail.split("{")[0])]
     fields = {"context": context}
@@ -134,3 +136,26 @@ def test_data_command_writes_lm_eval_rows(tmp_path):
         assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
         assert r["messages"][0]["content"] == system and r["prompts"] == "lm-eval"
         assert r["messages"][2]["content"].endswith(f" {r['target']}.")  # "The milk is in the X."
+
+
+def test_missing_lm_eval_is_a_user_error(tmp_path, capsys, monkeypatch):
+    from focusft.cli import main
+    from focusft.evaluation import lm_eval_tasks, prompt_sets
+
+    def absent():
+        raise lm_eval_tasks.LmEvalUnavailable("lm-evaluation-harness is not installed")
+
+    monkeypatch.setattr(lm_eval_tasks, "tasks_dir", absent)
+    for cached in (prompt_sets.ruler_texts, prompt_sets.babilong_task, lm_eval_tasks._tree,
+                   lm_eval_tasks._yaml):
+        cached.cache_clear()
+    try:
+        code = main(["data", "ruler", "--prompts", "lm-eval", "--tasks", "vt", "--lengths", "2k",
+                     "--samples", "1", "--out", str(tmp_path / "r.jsonl")])
+        assert code == 2 and "--prompts lm-eval" in capsys.readouterr().err
+        assert not (tmp_path / "r.jsonl").exists()
+    finally:
+        monkeypatch.undo()
+        for cached in (prompt_sets.ruler_texts, prompt_sets.babilong_task, lm_eval_tasks._tree,
+                       lm_eval_tasks._yaml):
+            cached.cache_clear()
