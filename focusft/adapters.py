@@ -64,6 +64,27 @@ def quantization_config(cfg):
                               bnb_4bit_compute_dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
 
 
+def keep_4bit_differentiable(model) -> None:
+    """Keep bitsandbytes' 4-bit layers differentiable through their input on CPU.
+
+    On a CPU with AVX512-BF16, a ``Linear4bit`` repacks its weight for inference the first time
+    it runs in eval mode without grad (a self-check, an evaluation), and from then on computes
+    with a kernel that has no backward through its input: the inner loop (and every outer
+    LoRA below such a layer) would get no gradient through it. Turn the repacking off, and undo
+    it where it already happened.
+    """
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state)
+
+
 def lora_config(cfg):
     """PEFT LoraConfig from the TRL-named flags (None without --use_peft)."""
     if not cfg.use_peft:

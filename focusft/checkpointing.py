@@ -24,12 +24,16 @@ from torch.utils.checkpoint import checkpoint
 
 
 def non_reentrant(func):
-    """The same checkpoint function with ``use_reentrant=False``."""
+    """The same checkpoint function with ``use_reentrant=False``.
+
+    transformers sets ``functools.partial(checkpoint_fn, **kwargs)``; its keywords are kept
+    (``use_reentrant`` aside). Anything else is replaced by torch's non-reentrant checkpoint.
+    """
     if isinstance(func, functools.partial):
         if func.keywords.get("use_reentrant") is False:
             return func
         return functools.partial(func.func, *func.args, **{**func.keywords, "use_reentrant": False})
-    return functools.partial(checkpoint if func is None else func, use_reentrant=False)
+    return functools.partial(checkpoint, use_reentrant=False)  # an unknown function: torch's own
 
 
 @contextlib.contextmanager

@@ -110,10 +110,11 @@ class FocusConfig(TrainingArguments):
         "UNSAFE: skip the model self-check before the first step (focusft's attention, inner-loop "
         "logits and loss compared with the model's own eager forward on a tiny probe). Without it "
         "an unsupported architecture can train silently wrong."))
-    eval_inner_loop: bool = field(default=True, metadata=_help(
+    eval_inner_loop: bool = field(default=False, metadata=_help(
         "With --method focusft, evaluation also reports eval_focus_loss: the loss after the inner "
-        "loop has adapted fresh fast weights on each eval sample (costs the inner loop's K steps "
-        "per eval batch). eval_loss is always the saved model's own loss (no fast weights)."))
+        "loop has adapted fresh fast weights on each eval sample (the inner loop's K forward + "
+        "backward passes per eval batch: several times a plain evaluation). eval_loss is always "
+        "the saved model's own loss (no fast weights)."))
     leak_warn_ratio: float = field(default=0.1, metadata=_help(
         "Warn when the outer loss stays below this fraction of the base (pre-adaptation) loss."))
     leak_warn_patience: int = field(default=3, metadata=_help(

@@ -102,7 +102,9 @@ class FastWeights:
             if not self.enabled or slot.a is None:
                 return output
             x = self.dropout(inputs[0])  # (N, S, in)
-            a, b = slot.a.to(x.dtype), slot.b.to(x.dtype)
+            # The input's dtype (a k-bit base computes in its compute dtype) and device (a
+            # model split over devices); both no-ops in the common case.
+            a, b = slot.a.to(x.device, x.dtype), slot.b.to(x.device, x.dtype)
             if self.segments is not None:
                 return output + self.scale * _packed_delta(x, a, b, self.segments)
             if x.shape[0] != a.shape[0]:

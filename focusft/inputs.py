@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 
 import datasets
@@ -20,6 +21,8 @@ from transformers import TrainingArguments
 
 from .config import FocusConfig
 from .errors import UserError
+
+logger = logging.getLogger("focusft")
 
 # Columns the collator reads; kept when the Trainer removes "unused" columns.
 COLUMNS = ["input_ids", "loss_mask", "sample_id", "length"]
@@ -58,18 +61,19 @@ def prepare_dataset(data, tokenizer, cfg: FocusConfig, name: str):
         return None
     if isinstance(data, dict) and not isinstance(data, datasets.Dataset):
         return {k: prepare_dataset(v, tokenizer, cfg, f"{name}[{k!r}]") for k, v in data.items()}
-    if isinstance(data, list):
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "input_ids" in data[0]:
         data = datasets.Dataset.from_list(data)
-    if not isinstance(data, datasets.Dataset):
+    if not isinstance(data, (datasets.Dataset, list)):
         raise UserError(f"{name}: expected a datasets.Dataset or a list of rows, got {type(data).__name__}")
-    if {"input_ids", "loss_mask"} <= set(data.column_names):
+    if isinstance(data, datasets.Dataset) and {"input_ids", "loss_mask"} <= set(data.column_names):
         if "sample_id" not in data.column_names:
             data = data.add_column("sample_id", list(range(len(data))))
         return data
     from .data import tokenize_rows
 
-    tokenized, report = tokenize_rows(data, tokenizer, cfg.max_length, cfg.truncation, name)
-    import logging
-
-    logging.getLogger("focusft").warning("focusft data %s: %s", name, report.summary())
+    # A list goes to tokenize_rows as it is: rows may differ in shape (tools, tool calls).
+    tokenized, report = tokenize_rows(data, tokenizer, cfg.max_length, cfg.truncation, name,
+                                      empty_think_loss=cfg.empty_think_loss,
+                                      num_proc=cfg.dataset_num_proc)
+    logger.warning("focusft data %s: %s", name, report.summary())
     return tokenized

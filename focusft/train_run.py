@@ -61,6 +61,8 @@ def load_model_and_tokenizer(cfg: FocusConfig):
         local = "" if Path(cfg.model).expanduser().exists() else "no such local directory, and "
         raise UserError(f"--model {cfg.model}: cannot load a causal LM with its tokenizer "
                         f"(safetensors weights required): {local}{str(err).splitlines()[0]}") from None
+    if quantization is not None:
+        adapters.keep_4bit_differentiable(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

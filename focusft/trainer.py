@@ -112,6 +112,7 @@ class FocusTrainer(Trainer):
             peft_config = adapters.lora_config(args)
         if peft_config is not None:
             model = adapters.wrap(model, peft_config, args)
+        adapters.keep_4bit_differentiable(model)
         train_dataset = prepare_dataset(train_dataset, processing_class, args, "train_dataset")
         eval_dataset = prepare_dataset(eval_dataset, processing_class, args, "eval_dataset")
         if data_collator is None:

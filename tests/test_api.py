@@ -39,7 +39,8 @@ def small(**kw):
 
 
 def test_model_by_name_messages_list_and_evaluate(model_dir, tmp_path):
-    args = FocusConfig(output_dir=str(tmp_path / "run"), fast_rank=4, max_length=128, **small())
+    args = FocusConfig(output_dir=str(tmp_path / "run"), fast_rank=4, max_length=128,
+                       eval_inner_loop=True, **small())
     trainer = FocusTrainer(model=str(model_dir), args=args, train_dataset=ROWS, eval_dataset=ROWS[:3])
     assert trainer.model.config._attn_implementation != "focusft" and hooks(trainer.model) == 0
     trainer.train()
@@ -91,3 +92,20 @@ def test_a_model_object_needs_its_tokenizer(tmp_path):
     with pytest.raises(UserError, match="processing_class"):
         FocusTrainer(model=tiny(chatml_tokenizer()), args=FocusConfig(output_dir=str(tmp_path)),
                      train_dataset=ROWS)
+
+
+def test_rows_of_different_shapes_tools_and_tool_calls(model_dir, tmp_path):
+    tool = {"type": "function", "function": {"name": "lookup", "description": "Find a mat.",
+                                             "parameters": {"type": "object", "properties": {
+                                                 "n": {"type": "integer"}}}}}
+    rows = ROWS[:2] + [{"tools": [tool], "messages": [
+        {"role": "user", "content": "Where is mat 3?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "lookup", "arguments": {"n": 3}}}]},
+        {"role": "tool", "content": "Mat 3 is by the door."},
+        {"role": "assistant", "content": "By the door."}]}]
+    args = FocusConfig(output_dir=str(tmp_path / "run"), fast_rank=4, max_length=256, **small())
+    trainer = FocusTrainer(model=str(model_dir), args=args, train_dataset=rows)
+    assert len(trainer.train_dataset) == 3
+    trainer.train()
+    assert trainer.state.global_step == 2

@@ -46,7 +46,7 @@ def make_trainer(tok, tmp_path, rows=ROWS, model=None, **kwargs):
     data, _ = tokenize_rows(datasets.Dataset.from_list(rows), tok, 256, "error", "test rows")
     args = dict(output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=2,
                 per_device_eval_batch_size=len(rows), learning_rate=1e-3, logging_steps=1,
-                fast_rank=4, report_to=[], disable_tqdm=True, seed=3)
+                fast_rank=4, report_to=[], disable_tqdm=True, seed=3, eval_inner_loop=True)
     cfg = FocusConfig(**{**args, **kwargs.pop("args", {})})
     return FocusTrainer(model or tiny_model(tok), cfg, train_dataset=data, eval_dataset=data,
                         data_collator=Collator(pad_id=tok.pad_token_id), processing_class=tok, **kwargs)
@@ -144,9 +144,18 @@ def test_cli_eval_strategy_steps(tok, tmp_path):
                  "--eval_data", str(data), "--eval_strategy", "steps", "--eval_steps", "2",
                  "--output_dir", str(out), "--max_steps", "4", "--per_device_train_batch_size", "2",
                  "--fast_rank", "4", "--max_length", "256", "--disable_tqdm", "true",
-                 "--save_strategy", "steps", "--save_steps", "4", "--report_to", "none"])
+                 "--save_strategy", "steps", "--save_steps", "4", "--report_to", "none",
+                 "--eval_inner_loop", "true"])
     assert code == 0
     state = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
     evals = [h for h in state["log_history"] if "eval_loss" in h]
     assert [h["step"] for h in evals] == [2, 4]
     assert all(h["eval_focus_loss"] > 0 and h["eval_loss"] > 0 for h in evals)
+
+
+def test_inner_loop_metric_is_opt_in(tok, tmp_path):
+    assert FocusConfig(output_dir=str(tmp_path)).eval_inner_loop is False
+    metrics = make_trainer(tok, tmp_path, args={"eval_inner_loop": False}).evaluate()
+    assert "eval_focus_loss" not in metrics
+    assert metrics["eval_loss"] == pytest.approx(
+        reference_eval_loss(tiny_model(tok), make_trainer(tok, tmp_path).eval_dataset), rel=1e-5)

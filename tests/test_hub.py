@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
 def train(root, out, *extra):
     code = main(["train", "--model", str(root / "model"), "--data", str(root / "train.jsonl"),
                  "--eval_data", str(root / "train.jsonl"), "--eval_strategy", "steps",
-                 "--eval_steps", "2", "--output_dir", str(out), "--max_steps", "2",
+                 "--eval_steps", "2", "--eval_inner_loop", "true", "--output_dir", str(out), "--max_steps", "2",
                  "--per_device_train_batch_size", "2", "--fast_rank", "4", "--max_length", "128",
                  "--disable_tqdm", "true", *extra])
     assert code == 0

@@ -134,6 +134,7 @@ def test_adapter_dir_as_model_continues_training(setup):
 def test_qlora_4bit_with_checkpointing_then_merge(setup):
     out = train(setup, setup / "qlora", "--load_in_4bit", "true", "--lora_target_modules", *MLP,
                 "q_proj", "--gradient_checkpointing", "true", "--merge_adapter", "true",
+                "--gradient_checkpointing_kwargs", '{"use_reentrant": true}',
                 "--save_strategy", "steps", "--save_steps", "4")
     history = logs(out / "checkpoint-4")
     assert all(h["inner_grad_norm_1"] > 1e-4 for h in history)  # reentrant ckpt: inner loop alive
@@ -162,9 +163,13 @@ def test_kbit_base_carries_fast_weights_on_its_lora_layers(setup, tmp_path, flag
 
     args = FocusConfig(output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2,
                        fast_rank=4, max_length=128, report_to=[], disable_tqdm=True, use_peft=True,
-                       lora_r=4, lora_target_modules=MLP, logging_steps=1, **{flag: True})
-    trainer = FocusTrainer(model=str(setup / "model"), args=args, train_dataset=ROWS)
+                       lora_r=4, lora_target_modules=MLP, logging_steps=1, eval_inner_loop=True,
+                       inner_lr=0.1, **{flag: True})  # lr 1.0 overshoots on this model (as unquantized)
+    trainer = FocusTrainer(model=str(setup / "model"), args=args, train_dataset=ROWS,
+                           eval_dataset=ROWS[:2])
     trainer.train()
+    metrics = trainer.evaluate()  # eval mode, no grad: the inner loop still differentiates
+    assert metrics["eval_focus_loss"] < metrics["eval_loss"]
     assert {type(s.module.base_layer).__name__ for s in trainer.fast.slots} == {layer}
     assert all(h["inner_grad_norm_1"] > 1e-4 for h in trainer.state.log_history if "loss" in h)
 
@@ -175,3 +180,28 @@ def test_unknown_lora_target_is_a_user_error(setup, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--lora_target_modules" in err and "nope_proj" in err
     assert not (setup / "bad-target").exists()
+
+
+def test_4bit_layers_repacked_for_cpu_inference_are_made_differentiable_again(setup, tmp_path):
+    """bitsandbytes repacks a CPU 4-bit weight at its first eval-mode no-grad call, and that
+    kernel has no backward through the input; FocusTrainer undoes it and turns it off."""
+    from bitsandbytes.nn import Linear4bit
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from peft import LoraConfig
+    from focusft import FocusConfig, FocusTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(setup / "model", quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32))
+    with torch.no_grad():
+        model.eval()(torch.arange(3, 20)[None])
+    packed = lambda: [m for m in model.modules() if isinstance(m, Linear4bit)  # noqa: E731
+                      and getattr(m.weight.quant_state, "packing_format_for_cpu", False)]
+    if not packed():
+        pytest.skip("this CPU has no AVX512-BF16: bitsandbytes never repacks here")
+    args = FocusConfig(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=2,
+                       fast_rank=4, max_length=128, report_to=[], disable_tqdm=True, logging_steps=1)
+    trainer = FocusTrainer(model=model, args=args, train_dataset=ROWS, processing_class=chatml_tokenizer(),
+                           peft_config=LoraConfig(r=4, target_modules=MLP))
+    assert not packed()
+    trainer.train()
+    assert all(h["inner_grad_norm_1"] > 1e-4 for h in trainer.state.log_history if "loss" in h)
