@@ -29,6 +29,8 @@ template (``ChatEncoder.rule``) and reported by the data pipeline:
     A template that the prefix probe accepts but that rewrites a particular row gets the
     ``located`` rule for that row (counted in the data report).
 
+An assistant message with ``weight: 0`` (OpenAI fine-tuning format) is rendered but not trained.
+
 Reasoning. Reasoning the user supplied (``reasoning_content``, ``thinking`` or ``reasoning``;
 transformers aliases them) is trained in the turn where the template renders it, and not where
 the template drops it (Qwen3's earlier turns): only what R contains can be trained. An *empty*
@@ -110,11 +112,13 @@ class ChatEncoder:
               ) -> tuple[str, list[tuple[int, int]], str]:
         """The rendered text, the trained character spans in it, and the rule that found them."""
         rule = self.rule
+        spans = None
         if rule == "generation":
             text, spans = self._render_marked(messages, tools, where)
-        else:
+            spans = _weighted(spans, messages)
+            rule = rule if spans is not None else "prefix"
+        if spans is None:
             text = self._render(messages, tools, False, where)
-            spans = None
             if rule == "prefix":
                 try:
                     spans = self._prefix_spans(messages, tools, text, where)
@@ -152,7 +156,7 @@ class ChatEncoder:
     def _prefix_spans(self, messages, tools, full, where) -> list[tuple[int, int]]:
         spans = []
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if not _trained(message):
                 continue
             through = self._render(messages[: i + 1], tools, False, where)
             prefix = self._render(messages[:i], tools, True, where) if i \
@@ -173,7 +177,7 @@ class ChatEncoder:
     def _located_spans(self, messages, tools, full, where) -> list[tuple[int, int]]:
         spans, cursor = [], 0
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if not _trained(message):
                 continue
             marked = self._marked(messages, i, tools, where)
             if marked == full:  # nothing in R depends on this message (the template dropped it)
@@ -280,6 +284,22 @@ def _probe_conversations() -> list[tuple[list[dict], list | None]]:
             {"role": "tool", "content": "hot", "tool_call_id": "call_0"},
             {"role": "assistant", "content": "Hot."}, user("b?"), {"role": "assistant", "content": "B."}]
     return [(plain, None), (reasoning, None), (tool, [_PROBE_TOOL])]
+
+
+def _trained(message: dict) -> bool:
+    """An assistant message is trained unless its OpenAI-format ``weight`` is 0."""
+    return message["role"] == "assistant" and message.get("weight", 1) != 0
+
+
+def _weighted(spans: list, messages: list[dict]) -> list | None:
+    """Generation blocks of weight-1 messages; None when blocks and assistant messages cannot be
+    paired one to one (the per-turn rules then find the spans of the weighted messages)."""
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    if all(_trained(m) for m in assistants):
+        return spans
+    if len(spans) != len(assistants):
+        return None
+    return [span for span, m in zip(spans, assistants) if _trained(m)]
 
 
 def _blank_arguments(call: Any) -> Any:

@@ -42,6 +42,9 @@ def load_model_and_tokenizer(cfg: FocusConfig):
         return default.build_default_model(tokenizer, seed=cfg.seed), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .model_dir import check_model_dir, check_vocab_fits
+
+    check_model_dir(cfg.model, "--model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -51,6 +54,7 @@ def load_model_and_tokenizer(cfg: FocusConfig):
         local = "" if Path(cfg.model).expanduser().exists() else "no such local directory, and "
         raise UserError(f"--model {cfg.model}: cannot load a causal LM with its tokenizer "
                         f"(safetensors weights required): {local}{str(err).splitlines()[0]}") from None
+    check_vocab_fits(model, tokenizer, f"--model {cfg.model}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -100,42 +100,44 @@ def test_bad_jsonl_line(run):
 
 def test_wrong_column_name(run):
     code, err = run([{"conversation": OK["messages"]}])
-    assert_refused(run, code, err, "train.jsonl row 0", "no 'messages' or 'prompt' field", "conversation")
+    assert_refused(run, code, err, "train.jsonl line 1", "no 'messages' or 'prompt' field", "conversation")
 
 
 def test_messages_not_a_list(run):
     code, err = run([OK, {"messages": "hello"}])
-    assert_refused(run, code, err, "train.jsonl row 1", "field 'messages' must be a list", "got str")
+    assert_refused(run, code, err, "train.jsonl line 2", "field 'messages' must be a list", "got str")
 
 
 def test_unknown_role(run):
     rows = [{"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "a"}]}]
     code, err = run(rows)
-    assert_refused(run, code, err, "row 0", "messages[0].role is 'wizard'", "allowed roles")
+    assert_refused(run, code, err, "line 1", "messages[0].role is 'wizard'", "allowed roles")
 
 
 def test_non_string_content(run):
     rows = [OK, {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}]
     code, err = run(rows)
-    assert_refused(run, code, err, "row 1", "messages[0].content must be a string, got int")
+    assert_refused(run, code, err, "line 2", "messages[0].content must be a string, got int")
 
 
 def test_no_assistant_turn(run):
     code, err = run([OK, {"messages": [{"role": "user", "content": "hello?"}]}])
-    assert_refused(run, code, err, "row 1", "has no assistant turn")
+    assert_refused(run, code, err, "line 2", "has no assistant turn")
 
 
 def test_sample_longer_than_max_length(run):
     long = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
     code, err = run([OK, long], "--truncation", "error")
-    assert_refused(run, code, err, "row 1", "longer than --max_length 96", "--truncation left")
+    assert_refused(run, code, err, "line 2", "longer than --max_length 96", "--truncation left")
 
 
-def test_template_that_rewrites_its_prefixes(run):
+def test_template_that_rewrites_history_trains_with_the_located_rule(run):
     two_turns = {"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "A."},
                               {"role": "user", "content": "b?"}, {"role": "assistant", "content": "B."}]}
     code, err = run([two_turns], model="breaking")
-    assert_refused(run, code, err, "row 0", "does not reproduce its own prefixes", "messages[1]")
+    assert code == 0, err
+    report = json.loads((run.out / "data_report.json").read_text())
+    assert report["template_rule"] == "located" and report["rows_by_rule"] == {"located": 1}
 
 
 def test_parquet_with_wrong_column_through_cli(run):

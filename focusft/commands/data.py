@@ -3,6 +3,9 @@
     focusft data babilong --tasks qa1,qa2 --lengths 0k,1k --samples 100 --split train \\
         --seed 0 --tokenizer default --haystack DIR --out train.parquet
     focusft data default --lengths 256,512 --samples 64 --split test --out probe.jsonl
+    focusft data inspect --data train.jsonl --model DIR --rows 3 --json mask.json
+
+``inspect`` shows what training would train, token by token (``focusft.data_inspect``).
 
 ``default`` is the embedded default's task (one fact hidden in procedural prose, "Where is X?";
 ``focusft.default``), with ``--samples`` rows per length and evidence spans; its splits are
@@ -30,8 +33,9 @@ FORMATS = (".parquet", ".jsonl")
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="generate BABILong / RULER chat sets",
                               description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("babilong", "ruler", "default"),
-                   help="benchmark family, or the embedded default's task")
+    p.add_argument("suite", choices=("babilong", "ruler", "default", "inspect"),
+                   help="benchmark family, the embedded default's task, or inspect (show the "
+                        "loss mask of --data under --model's chat template)")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks (default: all of the suite: qa1..qa5 / 13 RULER)")
     p.add_argument("--lengths", default=None,
@@ -47,7 +51,16 @@ def register(subparsers) -> None:
                    help="directory of .txt books for noise, or 'procedural' (built-in prose)")
     p.add_argument("--no-few-shot", action="store_true",
                    help="BABILong: leave the worked examples out of the prompt")
-    p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
+    p.add_argument("--out", default=None, help="output file, .parquet or .jsonl (required to generate)")
+    inspect = p.add_argument_group("inspect")
+    inspect.add_argument("--data", default=None, help="inspect: chat rows (same forms as focusft train --data)")
+    inspect.add_argument("--model", default=None,
+                         help="inspect: local model/tokenizer directory (default: the embedded default's tokenizer)")
+    inspect.add_argument("--rows", type=int, default=3, help="inspect: first N rows to show (>= 1)")
+    inspect.add_argument("--json", default=None, metavar="OUT",
+                         help="inspect: also write every token's id, text and trained flag here")
+    inspect.add_argument("--empty_think_loss", action="store_true",
+                         help="inspect: train empty think blocks, as focusft train --empty_think_loss true")
     p.set_defaults(func=run)
 
 
@@ -110,6 +123,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
         raise UserError("--lengths: give at least one length, e.g. 0k,4k")
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
+    if not args.out:
+        raise UserError(f"focusft data {args.suite} needs --out FILE (.parquet or .jsonl)")
     out = Path(args.out)
     if out.suffix not in FORMATS:
         raise UserError(f"--out {args.out!r}: the file must end in .parquet or .jsonl")
@@ -120,6 +135,10 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.chat import make_chat_rows
     from ..evaluation.haystack import make_haystack
 
+    if args.suite == "inspect":
+        from ..data_inspect import run as inspect
+
+        return inspect(args)
     tasks, lengths, out = _check(args)
     if args.suite == "default":
         rows = default_task_rows(args, lengths)
