@@ -29,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,7 @@ def load_rows(spec: str) -> datasets.Dataset:
     as written) and ``where`` (``file line N``). The datasets library caches it under the
     sources' names, sizes and modification times, so a rerun reads it back instead of parsing."""
     sources = files.resolve(spec)
-    kwargs = {"sources": sources, "stamps": [files.stamp(p) for p, _ in sources],
+    kwargs = {"sources": sources, "stamps": [(os.path.abspath(p), files.stamp(p)) for p, _ in sources],
               "version": _LOAD_VERSION}
     try:
         with _quiet(0):

@@ -188,7 +188,7 @@ class ChatEncoder:
             if self.header:
                 at = full.rfind(self.header, cursor, a)
                 start = at + len(self.header) if at >= 0 else a
-            end = self._turn_end(full, start, e, _next_content(full, messages, i, start))
+            end = self._turn_end(full, start, e, self._next_start(messages, i, tools, full, where))
             spans.append((start, max(end, start)))
             cursor = max(cursor, end)
         return spans
@@ -205,6 +205,17 @@ class ChatEncoder:
         calls = [_blank_arguments(call) for call in messages[i]["tool_calls"]]
         stand_in = {"role": "assistant", "content": "", "tool_calls": calls}
         return self._render(messages[:i] + [stand_in] + messages[i + 1:], tools, False, where)
+
+    def _next_start(self, messages, i, tools, full, where) -> int:
+        """Where the next non-assistant message's content starts in R: where R first differs from
+        R with that content replaced by a sentinel (a text search could hit an earlier copy)."""
+        j = next((k for k in range(i + 1, len(messages)) if messages[k]["role"] != "assistant"
+                  and isinstance(messages[k].get("content"), str)), None)
+        if j is None:
+            return len(full)
+        swapped = {**messages[j], "content": SENTINEL}
+        marked = self._render(messages[:j] + [swapped] + messages[j + 1:], tools, False, where)
+        return _common_prefix(full, marked)
 
     def _turn_end(self, text: str, start: int, end: int, limit: int) -> int:
         """The turn's own end-of-turn token after ``end``; else ``end``, but never past the last
@@ -344,35 +355,26 @@ def _common_suffix(x: str, y: str, limit: int) -> int:
     return lo
 
 
-def _next_content(text: str, messages: list[dict], i: int, start: int) -> int:
-    """Where the next non-assistant message's content starts in ``text`` (a span never reaches it)."""
-    for message in messages[i + 1:]:
-        content = message.get("content")
-        if message["role"] != "assistant" and isinstance(content, str) and content.strip():
-            at = text.find(content.strip(), start)
-            return at if at >= 0 else len(text)
-    return len(text)
-
-
 def overlap_mask(offsets, spans: list[tuple[int, int]]) -> list[int]:
-    """1 for each token whose chars ``[s, e)`` overlap a span (spans sorted and disjoint).
+    """1 for each token whose chars ``[s, e)`` overlap a span (spans sorted and disjoint): one
+    pass over tokens and spans together, the loop transformers' assistant mask runs.
 
     >>> overlap_mask([(0, 3), (3, 5), (5, 9)], [(4, 6)])
     [0, 1, 1]
     """
-    import numpy as np
-
-    if not spans or not len(offsets):
-        return [0] * len(offsets)
-    tokens = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    s, e = tokens[:, 0], tokens[:, 1]
-    a = np.fromiter((x for x, _ in spans), dtype=np.int64, count=len(spans))
-    b = np.fromiter((y for _, y in spans), dtype=np.int64, count=len(spans))
-    k = np.searchsorted(a, s, side="right") - 1  # last span starting at or before s
-    inside = (k >= 0) & (s < b[np.clip(k, 0, None)])
-    nxt = np.clip(k + 1, 0, len(a) - 1)
-    reaches = (k + 1 < len(a)) & (a[nxt] < e)  # a span starting inside the token
-    return (inside | reaches).astype(np.int8).tolist()
+    mask = [0] * len(offsets)
+    if not spans:
+        return mask
+    k, (a, b) = 0, spans[0]
+    for t, (s, e) in enumerate(offsets):
+        while s >= b:  # this span ends before the token: move to the next one
+            k += 1
+            if k == len(spans):
+                return mask
+            a, b = spans[k]
+        if e > a:
+            mask[t] = 1
+    return mask
 
 
 @functools.lru_cache(maxsize=16)

@@ -208,3 +208,43 @@ def test_rules_are_stated():
     assert ChatEncoder(chatml_tokenizer()).rule == "prefix"
     assert ChatEncoder(prefix_breaking_tokenizer()).rule == "located"
     assert ChatEncoder(template_tokenizer(source("qwen2_5"))).rule == "prefix"
+
+
+# ---------------------------------------------------------------------------- rules agree
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\ue000\ue001"),
+                min_size=1, max_size=16).filter(lambda s: not s[:1].isspace() and s.strip())
+
+
+@st.composite
+def tool_conversations(draw):
+    messages = [{"role": "system", "content": draw(_text)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 4))):
+        messages.append({"role": "user", "content": draw(_text)})
+        if draw(st.booleans()):
+            messages.append({"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": draw(_text)}}}]})
+            messages.append({"role": "tool", "content": draw(_text)})
+        messages.append({"role": "assistant", "content": draw(_text)})
+    return messages
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(tool_conversations())
+def test_the_three_rules_agree_where_all_apply(messages):
+    """On a template that has markers and renders every turn independently of later ones (the
+    embedded default), the generation, prefix and located rules train the same tokens."""
+    from focusft.default import load_default_tokenizer
+
+    tok = _default_tokenizer(load_default_tokenizer)
+    results = [ChatEncoder(tok, rule=rule).encode(messages, TOOLS)[:2] for rule in ("generation", "prefix", "located")]
+    assert results[0] == results[1] == results[2]
+
+
+_TOKENIZERS = {}
+
+
+def _default_tokenizer(load):
+    return _TOKENIZERS.setdefault("default", load())
