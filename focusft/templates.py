@@ -188,7 +188,8 @@ class ChatEncoder:
             if self.header:
                 at = full.rfind(self.header, cursor, a)
                 start = at + len(self.header) if at >= 0 else a
-            end = self._turn_end(full, start, e, self._next_start(messages, i, tools, full, where))
+            limit = self._next_start(messages, i, tools, full, where, start, max(e, start))
+            end = self._turn_end(full, start, e, limit)
             spans.append((start, max(end, start)))
             cursor = max(cursor, end)
         return spans
@@ -206,13 +207,19 @@ class ChatEncoder:
         stand_in = {"role": "assistant", "content": "", "tool_calls": calls}
         return self._render(messages[:i] + [stand_in] + messages[i + 1:], tools, False, where)
 
-    def _next_start(self, messages, i, tools, full, where) -> int:
-        """Where the next non-assistant message's content starts in R: where R first differs from
-        R with that content replaced by a sentinel (a text search could hit an earlier copy)."""
+    def _next_start(self, messages, i, tools, full, where, start: int, region_end: int) -> int:
+        """Where the next non-assistant message's content starts in R. A text search is enough
+        when its first hit lies past message i's region; otherwise (the content also occurs
+        inside the region, or the template renders it inside the model's turn) R is compared
+        with R where that content is swapped for a sentinel."""
         j = next((k for k in range(i + 1, len(messages)) if messages[k]["role"] != "assistant"
                   and isinstance(messages[k].get("content"), str)), None)
         if j is None:
             return len(full)
+        needle = messages[j]["content"].strip()
+        hit = full.find(needle, start) if needle else -1
+        if hit >= region_end:
+            return hit
         swapped = {**messages[j], "content": SENTINEL}
         marked = self._render(messages[:j] + [swapped] + messages[j + 1:], tools, False, where)
         return _common_prefix(full, marked)
@@ -221,7 +228,8 @@ class ChatEncoder:
         """The turn's own end-of-turn token after ``end``; else ``end``, but never past the last
         end-of-turn token before ``limit`` (where the next message's content starts): a template
         that renders a tool result inside the model's turn must not have it trained."""
-        after = [text.find(t, end, limit) + len(t) for t in self.stops if 0 <= end <= text.find(t, end, limit)]
+        after = [text.find(t, end, limit + len(t) - 1) + len(t) for t in self.stops
+                 if text.find(t, end, limit + len(t) - 1) >= 0]
         if after:
             return min(after)
         before = [text.rfind(t, start, limit) + len(t) for t in self.stops if text.rfind(t, start, limit) >= 0]
