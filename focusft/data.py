@@ -153,6 +153,7 @@ def tokenize_rows(
     if isinstance(rows, list):
         rows = datasets.Dataset.from_dict({"row": [json.dumps(r) for r in rows]})
     encoder = encoder_for(tokenizer, empty_think_loss)
+    encoder.check_tokenizer(f"{source}: the model's tokenizer (--model)")  # before any row
     work = functools.partial(_tokenize_batch, encoder=encoder, max_length=max_length,
                              truncation=truncation, source=source)
     fingerprint = _fingerprint(rows, tokenizer, max_length, truncation, source, empty_think_loss)

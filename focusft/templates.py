@@ -91,7 +91,7 @@ class ChatEncoder:
     def encode(self, messages: list[dict], tools: list | None = None, where: str = "conversation"
                ) -> tuple[list[int], list[int], str]:
         """``(input_ids, loss_mask, rule used)`` for one conversation."""
-        self._check_tokenizer(where)
+        self.check_tokenizer(where)
         text, spans, rule = self.spans(messages, tools, where)
         ids, offsets = self._tokenize(text)
         return ids, overlap_mask(offsets, spans), rule
@@ -130,7 +130,7 @@ class ChatEncoder:
             spans = [_cut_empty_think(text, span) for span in spans]
         return text, [(a, b) for a, b in spans if b > a], rule
 
-    def _check_tokenizer(self, where: str) -> None:
+    def check_tokenizer(self, where: str) -> None:
         if self.rule is None:
             raise UserError(
                 f"{where}: the tokenizer has no chat_template; use an instruct/chat model's tokenizer "

@@ -50,6 +50,13 @@ def models(tmp_path_factory):
     shutil.copytree(root / "model", root / "pickle")
     os.remove(root / "pickle" / "model.safetensors")
     (root / "pickle" / "pytorch_model.bin").write_bytes(b"not read")
+    shutil.copytree(root / "model", root / "no_template")
+    base = chatml_tokenizer()
+    base.chat_template = None  # a base model's tokenizer
+    base.save_pretrained(root / "no_template")
+    for name in os.listdir(root / "no_template"):
+        if name.startswith("chat_template"):
+            os.remove(root / "no_template" / name)
     cfg.vocab_size = 64  # fewer embedding rows than the tokenizer has tokens
     Qwen2ForCausalLM(cfg).save_pretrained(root / "small_vocab")
     tok.save_pretrained(root / "small_vocab")
@@ -272,6 +279,11 @@ def test_yaml_list_for_a_scalar_key(run):
 def test_bad_model_dirs(run, model, fragment):
     code, err = run([OK], model=model)
     assert_refused(run, code, err, f"--model {run.models / model}", fragment)
+
+
+def test_tokenizer_without_chat_template(run):
+    code, err = run([OK], model="no_template")
+    assert_refused(run, code, err, "train.jsonl: the model's tokenizer (--model): the tokenizer has no chat_template")
 
 
 def test_unterminated_jsonl_line_names_its_end(run):
