@@ -248,3 +248,17 @@ _TOKENIZERS = {}
 
 def _default_tokenizer(load):
     return _TOKENIZERS.setdefault("default", load())
+
+
+def test_empty_think_loss_flag_reaches_tokenize_rows():
+    from focusft.config import parse_config
+    from focusft.data import tokenize_rows
+
+    assert parse_config(["--empty_think_loss", "true"]).empty_think_loss is True
+    assert parse_config([]).empty_think_loss is False
+    tok = template_tokenizer(source("qwen3"))
+    rows = [{"messages": [AGENTIC[1], {"role": "assistant", "content": "Paris."}]}]
+    _, context = tokenize_rows(rows, tok, 256, "error", "r")
+    _, trained = tokenize_rows(rows, tok, 256, "error", "r", empty_think_loss=True)
+    think = len(tok("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"])
+    assert trained.loss_tokens - context.loss_tokens == think and context.template_rule == "located"
