@@ -310,6 +310,15 @@ def test_bad_weight(run):
     assert_refused(run, code, err, "train.jsonl line 1: messages[1].weight is 2")
 
 
+def test_sharegpt_and_alpaca_rows_train(run):
+    rows = [{"conversations": [{"from": "human", "value": "Where is the cat?"}, {"from": "gpt", "value": "On the mat."}]},
+            {"instruction": "Where is the cat?", "output": "On the mat."}, OK]
+    code, err = run(rows)
+    assert code == 0, err
+    report = json.loads((run.out / "data_report.json").read_text())
+    assert report["rows_kept"] == 3 and report["template_rule"] == "prefix"
+
+
 def test_utf8_bom_jsonl_is_accepted(run):
     (run.tmp / "bom.jsonl").write_text("\ufeff" + json.dumps(OK) + "\n", encoding="utf-8")
     code, err = run(run.tmp / "bom.jsonl")
