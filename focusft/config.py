@@ -11,6 +11,8 @@ MLP projections of the top 35% of layers.
 from __future__ import annotations
 
 import json
+import math
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -153,6 +155,7 @@ class FocusConfig(TrainingArguments):
         _check_range("fast_dropout", self.fast_dropout, low=0.0, high=1.0)
         _check_range("diagnostics_steps", self.diagnostics_steps, low=0)
         _check_range("diagnostics_samples", self.diagnostics_samples, low=1)
+        _check_training_values(self)
         if self.attention_kernel == "flex" and not _cuda_available():
             raise UserError("--attention_kernel flex needs a CUDA device (FlexAttention has no "
                             "CPU backward); use --attention_kernel sdpa")
@@ -172,6 +175,38 @@ class FocusConfig(TrainingArguments):
         """
         values = {k: v for k, v in self.to_dict().items() if not k.endswith("_token")}
         return yaml.safe_dump(json.loads(json.dumps(values, default=str)), sort_keys=True)
+
+
+# (flag, low, low excluded): values that would crash the run later, or silently do nothing.
+_POSITIVE_INTS = ("per_device_train_batch_size", "per_device_eval_batch_size",
+                  "gradient_accumulation_steps")
+_FINITE = (("learning_rate", 0.0, False), ("weight_decay", 0.0, False), ("inner_lr", 0.0, False),
+           ("inner_clip", None, False), ("fast_alpha", 0.0, True), ("leak_warn_ratio", 0.0, False),
+           ("max_grad_norm", 0.0, False), ("warmup_steps", 0.0, False), ("logging_steps", 0.0, True),
+           ("adam_epsilon", 0.0, True), ("num_train_epochs", None, False))
+
+
+def _check_training_values(cfg) -> None:
+    for name in _POSITIVE_INTS:
+        _check_range(name, getattr(cfg, name), low=1)
+    for name, low, low_open in _FINITE:
+        value = getattr(cfg, name)
+        if not math.isfinite(value):
+            raise UserError(f"--{name} must be a finite number, got {value}")
+        if low is not None:
+            _check_range(name, value, low=low, low_open=low_open)
+    for name in ("adam_beta1", "adam_beta2"):
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and 0.0 <= value < 1.0):
+            raise UserError(f"--{name} must be in [0.0, 1.0), got {value}")
+    if cfg.max_steps == 0 or cfg.max_steps < -1:
+        raise UserError(f"--max_steps must be >= 1 (or -1: unset, train --num_train_epochs), "
+                        f"got {cfg.max_steps}")
+    if cfg.max_steps == -1 and cfg.num_train_epochs <= 0:
+        raise UserError(f"--num_train_epochs must be > 0 (or set --max_steps), got "
+                        f"{cfg.num_train_epochs}: the run would save the untrained model")
+    if cfg.dataset_num_proc is not None:
+        _check_range("dataset_num_proc", cfg.dataset_num_proc, low=1)
 
 
 def _check_range(flag, value, low=None, high=None, low_open=False):
@@ -206,9 +241,13 @@ def yaml_to_flags(path: str) -> list[str]:
     if unknown:
         raise UserError(f"--config {path}: unknown key(s) {unknown}; see `focusft train --help`")
     flags = []
+    list_fields = _list_fields()
     for key, value in values.items():
         if value is None or value == []:  # unset, or an empty list (every such default is empty)
             continue
+        if isinstance(value, list) and key not in list_fields:
+            raise UserError(f"--config {path}: key '{key}' is a list ({value!r}) but --{key} takes "
+                            "one value; write it as a single value")
         if isinstance(value, list):
             flags += [f"--{key}", *map(str, value)]
         elif isinstance(value, dict):
@@ -216,6 +255,12 @@ def yaml_to_flags(path: str) -> list[str]:
         else:
             flags += [f"--{key}", str(value)]
     return flags
+
+
+def _list_fields() -> set[str]:
+    """Fields that take several values (their type allows a list)."""
+    hints = typing.get_type_hints(FocusConfig)
+    return {f.name for f in fields(FocusConfig) if f.init and "list" in str(hints.get(f.name, "")).lower()}
 
 
 def parse_config(argv: list[str]) -> FocusConfig:

@@ -2,10 +2,11 @@
 
 Pipeline and contract
 ---------------------
-1. ``load_rows(path)``: a ``.parquet`` / ``.jsonl`` / ``.json`` file or a ``save_to_disk`` directory
-   becomes a ``datasets.Dataset`` (a saved ``DatasetDict`` contributes its ``"train"`` split).
-2. ``normalize_row(row, where)``: one row becomes ``(messages, tools)``. A row holds either
-   ``messages`` (+ optional ``tools``) or a ``prompt``/``completion`` pair (strings or message lists).
+1. ``load_rows(spec)``: ``.jsonl`` / ``.json`` / ``.parquet`` files, globs, directories of them or
+   ``save_to_disk`` directories (focusft.files) become one file-backed ``datasets.Dataset`` of
+   canonical rows, each with its location ``file line N`` for messages.
+2. ``normalize_row(row, where)``: one row (OpenAI/TRL messages, ShareGPT, Alpaca or
+   prompt/completion; focusft.formats) becomes ``(messages, tools)``, checked.
 3. ``focusft.templates.ChatEncoder``: the conversation is rendered with the tokenizer's chat
    template and tokenized once; the loss mask comes from character spans of what the assistant
    wrote, found by one of three rules (``generation`` markers, ``prefix`` renders, or
@@ -35,223 +36,61 @@ from typing import Any
 import datasets
 import torch
 
+from focusft import files
 from focusft.errors import UserError
+from focusft.formats import ALLOWED_ROLES, canonical, normalize_row, row_and_where  # noqa: F401
 from focusft.templates import encoder_for, tokenize_conversation  # noqa: F401  (re-exported)
 
-ALLOWED_ROLES = ("system", "user", "assistant", "tool")
 TRUNCATION_MODES = ("error", "left", "right")
-SUPPORTED_FORMATS = ".parquet, .jsonl, .json, or a directory written by datasets' save_to_disk"
+SUPPORTED_FORMATS = files.SUPPORTED
 IGNORE_INDEX = -100
 # Above this many rows a progress bar is worth the noise.
 _PROGRESS_MIN_ROWS = 2000
 
 
 # --------------------------------------------------------------------------------------------
-# 1. Loading
+# 1-2. Loading and row normalization (focusft.files, focusft.formats)
 # --------------------------------------------------------------------------------------------
 
+_ROW_FEATURES = datasets.Features({"row": datasets.Value("string"), "where": datasets.Value("string")})
+_LOAD_VERSION = "rows-v1"  # bump when what load_rows writes changes (the datasets cache key)
 
-def load_rows(path: str) -> datasets.Dataset:
-    """Load chat rows from a parquet/jsonl/json file or a ``save_to_disk`` directory."""
-    path = os.path.expanduser(path)
-    if os.path.isdir(path):
-        rows = _load_saved_dir(path)
-    elif not os.path.exists(path):
-        raise UserError(f"{path}: file not found (expected chat data: {SUPPORTED_FORMATS}).")
-    else:
-        rows = _load_file(path)
+
+def load_rows(spec: str) -> datasets.Dataset:
+    """Every row of ``--data`` (files, globs, directories; see focusft.files), converted to the
+    canonical form (focusft.formats) and checked, as a file-backed Dataset of two string
+    columns: ``row`` (the canonical row as JSON, so tool-call arguments and schemas stay exactly
+    as written) and ``where`` (``file line N``). The datasets library caches it under the
+    sources' names, sizes and modification times, so a rerun reads it back instead of parsing."""
+    sources = files.resolve(spec)
+    kwargs = {"sources": sources, "stamps": [(os.path.abspath(p), files.stamp(p)) for p, _ in sources],
+              "version": _LOAD_VERSION}
+    try:
+        with _quiet(0):
+            rows = datasets.Dataset.from_generator(_generate_rows, gen_kwargs=kwargs,
+                                                   features=_ROW_FEATURES)
+    except Exception as exc:  # the datasets library wraps what the generator raised
+        cause = exc
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
     if len(rows) == 0:
-        raise UserError(f"{path}: the file has 0 rows; expected at least one chat conversation.")
+        raise UserError(f"{spec}: the data has 0 rows; expected at least one chat conversation.")
     return rows
 
 
-def _load_file(path: str) -> datasets.Dataset:
-    lower = path.lower()
-    if lower.endswith(".parquet"):
-        return _load_parquet(path)
-    if lower.endswith(".jsonl"):
-        _validate_jsonl(path)
-        return _from_json(path, "JSON Lines: one JSON object per line")
-    if lower.endswith(".json"):
-        return _load_json(path)
-    raise UserError(f"{path}: unknown file extension; expected {SUPPORTED_FORMATS}.")
-
-
-def _load_parquet(path: str) -> datasets.Dataset:
-    import pyarrow.parquet as pq
-
-    # Opening the footer first gives a clean message for corrupt/non-parquet files.
-    try:
-        num_rows = pq.ParquetFile(path).metadata.num_rows
-    except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise UserError(f"{path}: cannot read it as a parquet file ({exc}).") from exc
-    if num_rows == 0:
-        raise UserError(f"{path}: the file has 0 rows; expected at least one chat conversation.")
-    try:
-        return datasets.Dataset.from_parquet(path)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read it as a parquet file ({exc}).") from exc
-
-
-def _validate_jsonl(path: str) -> None:
-    """Parse each line ourselves so a bad line is reported by its 1-based line number."""
-    rows = 0
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                if line.strip():
-                    _check_jsonl_line(path, line_no, line)
-                    rows += 1
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: the file is not UTF-8 text ({exc}).") from exc
-    if rows == 0:
-        raise UserError(f"{path}: the file has 0 rows; expected one JSON object per line.")
-
-
-def _check_jsonl_line(path: str, line_no: int, line: str) -> None:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"{path} line {line_no}: not valid JSON ({exc.msg} at column {exc.colno}); "
-            "expected one JSON object per line."
-        ) from exc
-    if not isinstance(value, dict):
-        raise UserError(
-            f"{path} line {line_no}: expected a JSON object (a row), got {type(value).__name__}."
-        )
-
-
-def _load_json(path: str) -> datasets.Dataset:
-    if os.path.getsize(path) == 0:
-        raise UserError(f"{path}: the file is empty; expected a JSON array of row objects.")
-    return _from_json(path, "a JSON array of row objects")
-
-
-def _from_json(path: str, expected: str) -> datasets.Dataset:
-    try:
-        return datasets.Dataset.from_json(path)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot load it ({_json_problem(path, exc)}); expected {expected}.") from exc
-
-
-def _json_problem(path: str, exc: Exception) -> str:
-    """Point at the exact spot when the file is not JSON at all; otherwise pass on the reason."""
-    if path.lower().endswith(".json"):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                json.load(handle)
-        except json.JSONDecodeError as err:
-            return f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
-        except (OSError, UnicodeDecodeError) as err:
-            return str(err)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _load_saved_dir(path: str) -> datasets.Dataset:
-    try:
-        loaded = datasets.load_from_disk(path)
-    except Exception as exc:
-        raise UserError(
-            f"{path}: is a directory but not one written by datasets' save_to_disk ({exc}); "
-            f"expected {SUPPORTED_FORMATS}."
-        ) from exc
-    if isinstance(loaded, datasets.DatasetDict):
-        if "train" not in loaded:
-            raise UserError(
-                f"{path}: the saved DatasetDict has no 'train' split (splits: {sorted(loaded)})."
-            )
-        loaded = loaded["train"]
-    return loaded
-
-
-# --------------------------------------------------------------------------------------------
-# 2. Row normalization
-# --------------------------------------------------------------------------------------------
-
-
-def normalize_row(row: dict, where: str) -> tuple[list[dict], list | None]:
-    """Return ``(messages, tools)`` for one row; ``where`` (e.g. "data.jsonl row 17") prefixes errors."""
-    if row.get("messages") is not None:
-        messages = _check_messages(row["messages"], where, "messages")
-    elif row.get("prompt") is not None:
-        messages = _prompt_completion(row, where)
-    elif "messages" in row or "prompt" in row:
-        field = "messages" if "messages" in row else "prompt"
-        raise UserError(f"{where}: field '{field}' is null; expected a conversation.")
-    else:
-        raise UserError(
-            f"{where}: no 'messages' or 'prompt' field; the row has columns {sorted(row)}. "
-            "Expected 'messages' (a list of {role, content}) or 'prompt' + 'completion'."
-        )
-    if not any(m["role"] == "assistant" for m in messages):
-        raise UserError(f"{where}: field 'messages' has no assistant turn, so nothing to train on.")
-    return messages, _check_tools(row.get("tools"), where)
-
-
-def _prompt_completion(row: dict, where: str) -> list[dict]:
-    """A string side becomes one user/assistant message; a list side is TRL's conversational form."""
-    if row.get("completion") is None:
-        raise UserError(f"{where}: field 'prompt' is present but 'completion' is missing or null.")
-    prompt = _side(row["prompt"], "user", where, "prompt")
-    completion = _side(row["completion"], "assistant", where, "completion")
-    return prompt + completion
-
-
-def _side(value: Any, role: str, where: str, field: str) -> list[dict]:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, list):
-        return _check_messages(value, where, field)
-    raise UserError(
-        f"{where}: field '{field}' must be a string or a list of messages, got {type(value).__name__}."
-    )
-
-
-def _check_messages(messages: Any, where: str, field: str) -> list[dict]:
-    if not isinstance(messages, list):
-        raise UserError(
-            f"{where}: field '{field}' must be a list of {{role, content}} messages, "
-            f"got {type(messages).__name__}."
-        )
-    return [_check_message(m, where, f"{field}[{i}]") for i, m in enumerate(messages)]
-
-
-def _check_message(message: Any, where: str, field: str) -> dict:
-    if not isinstance(message, dict):
-        raise UserError(
-            f"{where}: {field} must be a dict with 'role' and 'content', got {type(message).__name__}."
-        )
-    # Columnar formats give every message every key seen in the column, with None where absent;
-    # None therefore means "absent", and templates test presence (`if message.tool_calls`).
-    message = {key: value for key, value in message.items() if value is not None}
-    role = message.get("role")
-    if role not in ALLOWED_ROLES:
-        raise UserError(f"{where}: {field}.role is {role!r}; allowed roles: {', '.join(ALLOWED_ROLES)}.")
-    content = message.get("content")
-    if content is None and not (role == "assistant" and message.get("tool_calls")):
-        raise UserError(
-            f"{where}: {field}.content is missing or null; only an assistant message with "
-            "'tool_calls' may omit it."
-        )
-    if content is not None and not isinstance(content, str):
-        raise UserError(f"{where}: {field}.content must be a string, got {type(content).__name__}.")
-    return message
-
-
-def _check_tools(tools: Any, where: str) -> list | None:
-    """Tools may be a list of JSON schemas or that list serialized as a JSON string."""
-    if isinstance(tools, str):
-        try:
-            tools = json.loads(tools) if tools.strip() else None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: field 'tools' is a string but not valid JSON ({exc.msg}).") from exc
-    if tools is None:
-        return None
-    if not isinstance(tools, list):
-        raise UserError(f"{where}: field 'tools' must be a list of tool schemas, got {type(tools).__name__}.")
-    # An empty list would make some templates render an empty tools section.
-    return tools or None
+def _generate_rows(sources: list, stamps: list, version: str):
+    for path, kind in sources:
+        count = 0
+        for raw, where in files.raw_rows(path, kind):
+            row = canonical(raw, where)
+            normalize_row(row, where)  # every problem now, with its file and line
+            count += 1
+            yield {"row": json.dumps(row, ensure_ascii=False), "where": where}
+        if count == 0:
+            raise UserError(f"{path}: the file has 0 rows; expected at least one chat conversation.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -314,6 +153,7 @@ def tokenize_rows(
     if isinstance(rows, list):
         rows = datasets.Dataset.from_dict({"row": [json.dumps(r) for r in rows]})
     encoder = encoder_for(tokenizer, empty_think_loss)
+    encoder.check_tokenizer(f"{source}: the model's tokenizer (--model)")  # before any row
     work = functools.partial(_tokenize_batch, encoder=encoder, max_length=max_length,
                              truncation=truncation, source=source)
     fingerprint = _fingerprint(rows, tokenizer, max_length, truncation, source, empty_think_loss)
@@ -349,11 +189,8 @@ def _tokenize_batch(batch: dict, indices: list[int], encoder, max_length: int, t
 
 
 def _decode(batch: dict, k: int, default_where: str) -> tuple[dict, str]:
-    """Row k of a batch: rows from ``load_rows`` carry the original JSON and their location."""
-    if "row" in batch and isinstance(batch["row"][k], str) and "messages" not in batch:
-        where = batch["where"][k] if "where" in batch else default_where
-        return json.loads(batch["row"][k]), where
-    return {name: column[k] for name, column in batch.items()}, default_where
+    """Row k of a batch (rows from ``load_rows`` carry their JSON and location)."""
+    return row_and_where({name: column[k] for name, column in batch.items()}, default_where)
 
 
 def _is_kept(keep: list[bool]) -> list[bool]:

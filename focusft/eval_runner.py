@@ -61,6 +61,9 @@ def load_checkpoint(path: str, trust_remote_code: bool = False, need_template: b
 
     if not Path(path).exists():
         raise UserError(f"--model {path}: no such directory")
+    from .model_dir import check_model_dir
+
+    check_model_dir(path, "--model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,

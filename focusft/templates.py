@@ -29,6 +29,8 @@ template (``ChatEncoder.rule``) and reported by the data pipeline:
     A template that the prefix probe accepts but that rewrites a particular row gets the
     ``located`` rule for that row (counted in the data report).
 
+An assistant message with ``weight: 0`` (OpenAI fine-tuning format) is rendered but not trained.
+
 Reasoning. Reasoning the user supplied (``reasoning_content``, ``thinking`` or ``reasoning``;
 transformers aliases them) is trained in the turn where the template renders it, and not where
 the template drops it (Qwen3's earlier turns): only what R contains can be trained. An *empty*
@@ -89,7 +91,7 @@ class ChatEncoder:
     def encode(self, messages: list[dict], tools: list | None = None, where: str = "conversation"
                ) -> tuple[list[int], list[int], str]:
         """``(input_ids, loss_mask, rule used)`` for one conversation."""
-        self._check_tokenizer(where)
+        self.check_tokenizer(where)
         text, spans, rule = self.spans(messages, tools, where)
         ids, offsets = self._tokenize(text)
         return ids, overlap_mask(offsets, spans), rule
@@ -110,11 +112,13 @@ class ChatEncoder:
               ) -> tuple[str, list[tuple[int, int]], str]:
         """The rendered text, the trained character spans in it, and the rule that found them."""
         rule = self.rule
+        spans = None
         if rule == "generation":
             text, spans = self._render_marked(messages, tools, where)
-        else:
+            spans = _weighted(spans, messages)
+            rule = rule if spans is not None else "prefix"
+        if spans is None:
             text = self._render(messages, tools, False, where)
-            spans = None
             if rule == "prefix":
                 try:
                     spans = self._prefix_spans(messages, tools, text, where)
@@ -126,7 +130,7 @@ class ChatEncoder:
             spans = [_cut_empty_think(text, span) for span in spans]
         return text, [(a, b) for a, b in spans if b > a], rule
 
-    def _check_tokenizer(self, where: str) -> None:
+    def check_tokenizer(self, where: str) -> None:
         if self.rule is None:
             raise UserError(
                 f"{where}: the tokenizer has no chat_template; use an instruct/chat model's tokenizer "
@@ -152,7 +156,7 @@ class ChatEncoder:
     def _prefix_spans(self, messages, tools, full, where) -> list[tuple[int, int]]:
         spans = []
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if not _trained(message):
                 continue
             through = self._render(messages[: i + 1], tools, False, where)
             prefix = self._render(messages[:i], tools, True, where) if i \
@@ -173,7 +177,7 @@ class ChatEncoder:
     def _located_spans(self, messages, tools, full, where) -> list[tuple[int, int]]:
         spans, cursor = [], 0
         for i, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if not _trained(message):
                 continue
             marked = self._marked(messages, i, tools, where)
             if marked == full:  # nothing in R depends on this message (the template dropped it)
@@ -184,7 +188,8 @@ class ChatEncoder:
             if self.header:
                 at = full.rfind(self.header, cursor, a)
                 start = at + len(self.header) if at >= 0 else a
-            end = self._turn_end(full, start, e, _next_content(full, messages, i, start))
+            limit = self._next_start(messages, i, tools, full, where, start, max(e, start))
+            end = self._turn_end(full, start, e, limit)
             spans.append((start, max(end, start)))
             cursor = max(cursor, end)
         return spans
@@ -202,11 +207,29 @@ class ChatEncoder:
         stand_in = {"role": "assistant", "content": "", "tool_calls": calls}
         return self._render(messages[:i] + [stand_in] + messages[i + 1:], tools, False, where)
 
+    def _next_start(self, messages, i, tools, full, where, start: int, region_end: int) -> int:
+        """Where the next non-assistant message's content starts in R. A text search is enough
+        when its first hit lies past message i's region; otherwise (the content also occurs
+        inside the region, or the template renders it inside the model's turn) R is compared
+        with R where that content is swapped for a sentinel."""
+        j = next((k for k in range(i + 1, len(messages)) if messages[k]["role"] != "assistant"
+                  and isinstance(messages[k].get("content"), str)), None)
+        if j is None:
+            return len(full)
+        needle = messages[j]["content"].strip()
+        hit = full.find(needle, start) if needle else -1
+        if hit >= region_end:
+            return hit
+        swapped = {**messages[j], "content": SENTINEL}
+        marked = self._render(messages[:j] + [swapped] + messages[j + 1:], tools, False, where)
+        return _common_prefix(full, marked)
+
     def _turn_end(self, text: str, start: int, end: int, limit: int) -> int:
         """The turn's own end-of-turn token after ``end``; else ``end``, but never past the last
         end-of-turn token before ``limit`` (where the next message's content starts): a template
         that renders a tool result inside the model's turn must not have it trained."""
-        after = [text.find(t, end, limit) + len(t) for t in self.stops if 0 <= end <= text.find(t, end, limit)]
+        after = [text.find(t, end, limit + len(t) - 1) + len(t) for t in self.stops
+                 if text.find(t, end, limit + len(t) - 1) >= 0]
         if after:
             return min(after)
         before = [text.rfind(t, start, limit) + len(t) for t in self.stops if text.rfind(t, start, limit) >= 0]
@@ -282,6 +305,22 @@ def _probe_conversations() -> list[tuple[list[dict], list | None]]:
     return [(plain, None), (reasoning, None), (tool, [_PROBE_TOOL])]
 
 
+def _trained(message: dict) -> bool:
+    """An assistant message is trained unless its OpenAI-format ``weight`` is 0."""
+    return message["role"] == "assistant" and message.get("weight", 1) != 0
+
+
+def _weighted(spans: list, messages: list[dict]) -> list | None:
+    """Generation blocks of weight-1 messages; None when blocks and assistant messages cannot be
+    paired one to one (the per-turn rules then find the spans of the weighted messages)."""
+    assistants = [m for m in messages if m["role"] == "assistant"]
+    if all(_trained(m) for m in assistants):
+        return spans
+    if len(spans) != len(assistants):
+        return None
+    return [span for span, m in zip(spans, assistants) if _trained(m)]
+
+
 def _blank_arguments(call: Any) -> Any:
     if not isinstance(call, dict):
         return call
@@ -324,35 +363,26 @@ def _common_suffix(x: str, y: str, limit: int) -> int:
     return lo
 
 
-def _next_content(text: str, messages: list[dict], i: int, start: int) -> int:
-    """Where the next non-assistant message's content starts in ``text`` (a span never reaches it)."""
-    for message in messages[i + 1:]:
-        content = message.get("content")
-        if message["role"] != "assistant" and isinstance(content, str) and content.strip():
-            at = text.find(content.strip(), start)
-            return at if at >= 0 else len(text)
-    return len(text)
-
-
 def overlap_mask(offsets, spans: list[tuple[int, int]]) -> list[int]:
-    """1 for each token whose chars ``[s, e)`` overlap a span (spans sorted and disjoint).
+    """1 for each token whose chars ``[s, e)`` overlap a span (spans sorted and disjoint): one
+    pass over tokens and spans together, the loop transformers' assistant mask runs.
 
     >>> overlap_mask([(0, 3), (3, 5), (5, 9)], [(4, 6)])
     [0, 1, 1]
     """
-    import numpy as np
-
-    if not spans or not len(offsets):
-        return [0] * len(offsets)
-    tokens = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    s, e = tokens[:, 0], tokens[:, 1]
-    a = np.fromiter((x for x, _ in spans), dtype=np.int64, count=len(spans))
-    b = np.fromiter((y for _, y in spans), dtype=np.int64, count=len(spans))
-    k = np.searchsorted(a, s, side="right") - 1  # last span starting at or before s
-    inside = (k >= 0) & (s < b[np.clip(k, 0, None)])
-    nxt = np.clip(k + 1, 0, len(a) - 1)
-    reaches = (k + 1 < len(a)) & (a[nxt] < e)  # a span starting inside the token
-    return (inside | reaches).astype(np.int8).tolist()
+    mask = [0] * len(offsets)
+    if not spans:
+        return mask
+    k, (a, b) = 0, spans[0]
+    for t, (s, e) in enumerate(offsets):
+        while s >= b:  # this span ends before the token: move to the next one
+            k += 1
+            if k == len(spans):
+                return mask
+            a, b = spans[k]
+        if e > a:
+            mask[t] = 1
+    return mask
 
 
 @functools.lru_cache(maxsize=16)

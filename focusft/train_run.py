@@ -47,6 +47,10 @@ def load_model_and_tokenizer(cfg: FocusConfig):
         return default.build_default_model(tokenizer, seed=cfg.seed), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .model_dir import check_model_dir, check_vocab_fits
+
+    # an adapter directory (PEFT) holds adapter weights and the tokenizer, not the base model
+    check_model_dir(cfg.model, "--model", weights=not adapters.is_adapter_dir(cfg.model))
     kwargs = dict(trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
                   dtype="bfloat16" if cfg.bf16 else "float32")
     if quantization is not None:
@@ -63,6 +67,7 @@ def load_model_and_tokenizer(cfg: FocusConfig):
                         f"(safetensors weights required): {local}{str(err).splitlines()[0]}") from None
     if quantization is not None:
         adapters.keep_4bit_differentiable(model)
+    check_vocab_fits(model, tokenizer, f"--model {cfg.model}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

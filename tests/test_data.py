@@ -304,7 +304,7 @@ def test_load_errors(tmp_path):
     (tmp_path / "list.jsonl").write_text(json.dumps(ROWS[0]) + "\n[1, 2]\n")
     assert "line 2" in load_error(tmp_path / "list.jsonl")
 
-    (tmp_path / "bad.json").write_text('[{"a": 1},\n {"a": }]')
+    (tmp_path / "bad.json").write_text("[" + json.dumps(ROWS[0]) + ',\n {"a": }]')
     assert "line 2" in load_error(tmp_path / "bad.json")
 
     (tmp_path / "d.csv").write_text("a,b\n1,2\n")

@@ -5,6 +5,7 @@ guard and atomic checkpoints (focusft.faults)."""
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,6 +40,26 @@ def models(tmp_path_factory):
     tok.save_pretrained(root / "model")
     shutil.copytree(root / "model", root / "breaking")  # same weights, history-rewriting template
     prefix_breaking_tokenizer().save_pretrained(root / "breaking")
+    (root / "empty").mkdir()
+    shutil.copytree(root / "model", root / "zero_bytes")
+    (root / "zero_bytes" / "model.safetensors").write_bytes(b"")
+    shutil.copytree(root / "model", root / "no_tokenizer")
+    for name in os.listdir(root / "no_tokenizer"):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            os.remove(root / "no_tokenizer" / name)
+    shutil.copytree(root / "model", root / "pickle")
+    os.remove(root / "pickle" / "model.safetensors")
+    (root / "pickle" / "pytorch_model.bin").write_bytes(b"not read")
+    shutil.copytree(root / "model", root / "no_template")
+    base = chatml_tokenizer()
+    base.chat_template = None  # a base model's tokenizer
+    base.save_pretrained(root / "no_template")
+    for name in os.listdir(root / "no_template"):
+        if name.startswith("chat_template"):
+            os.remove(root / "no_template" / name)
+    cfg.vocab_size = 64  # fewer embedding rows than the tokenizer has tokens
+    Qwen2ForCausalLM(cfg).save_pretrained(root / "small_vocab")
+    tok.save_pretrained(root / "small_vocab")
     return root
 
 
@@ -59,10 +80,16 @@ def run(models, tmp_path, capsys):
 
     go.out = tmp_path / "out"
     go.tmp = tmp_path
+    go.models = models
     return go
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "robustness.md"
+
+
 def assert_refused(run, code, err, *fragments):
+    """Exit 2, one paragraph naming the culprit, nothing written, and the message as printed is
+    listed in docs/robustness.md (paths shortened: the data folder to data/, models to models/)."""
     assert code == 2, err
     assert "Traceback" not in err
     line = [ln for ln in err.splitlines() if ln.startswith("focusft train: error:")]
@@ -70,6 +97,11 @@ def assert_refused(run, code, err, *fragments):
     for fragment in fragments:
         assert fragment in line[0], (fragment, line[0])
     assert not run.out.exists(), sorted(os.listdir(run.out))
+    shown = line[0].replace(str(run.models), "models").replace(str(run.tmp), "data")
+    if os.environ.get("FOCUSFT_ROBUSTNESS_LOG"):  # collect the messages to write the page
+        with open(os.environ["FOCUSFT_ROBUSTNESS_LOG"], "a") as log:
+            log.write(json.dumps([os.environ.get("PYTEST_CURRENT_TEST", ""), shown]) + "\n")
+    assert shown in DOCS.read_text(), f"docs/robustness.md does not list: {shown}"
 
 
 # --- data files ------------------------------------------------------------------------------
@@ -100,42 +132,44 @@ def test_bad_jsonl_line(run):
 
 def test_wrong_column_name(run):
     code, err = run([{"conversation": OK["messages"]}])
-    assert_refused(run, code, err, "train.jsonl row 0", "no 'messages' or 'prompt' field", "conversation")
+    assert_refused(run, code, err, "train.jsonl line 1", "no 'messages' or 'prompt' field", "conversation")
 
 
 def test_messages_not_a_list(run):
     code, err = run([OK, {"messages": "hello"}])
-    assert_refused(run, code, err, "train.jsonl row 1", "field 'messages' must be a list", "got str")
+    assert_refused(run, code, err, "train.jsonl line 2", "field 'messages' must be a list", "got str")
 
 
 def test_unknown_role(run):
     rows = [{"messages": [{"role": "wizard", "content": "hi"}, {"role": "assistant", "content": "a"}]}]
     code, err = run(rows)
-    assert_refused(run, code, err, "row 0", "messages[0].role is 'wizard'", "allowed roles")
+    assert_refused(run, code, err, "line 1", "messages[0].role is 'wizard'", "allowed roles")
 
 
 def test_non_string_content(run):
     rows = [OK, {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}]
     code, err = run(rows)
-    assert_refused(run, code, err, "row 1", "messages[0].content must be a string, got int")
+    assert_refused(run, code, err, "line 2", "messages[0].content must be a string, got int")
 
 
 def test_no_assistant_turn(run):
     code, err = run([OK, {"messages": [{"role": "user", "content": "hello?"}]}])
-    assert_refused(run, code, err, "row 1", "has no assistant turn")
+    assert_refused(run, code, err, "line 2", "has no assistant turn")
 
 
 def test_sample_longer_than_max_length(run):
     long = {"messages": [{"role": "user", "content": "word " * 200}, {"role": "assistant", "content": "ok"}]}
     code, err = run([OK, long], "--truncation", "error")
-    assert_refused(run, code, err, "row 1", "longer than --max_length 96", "--truncation left")
+    assert_refused(run, code, err, "line 2", "longer than --max_length 96", "--truncation left")
 
 
-def test_template_that_rewrites_its_prefixes(run):
+def test_template_that_rewrites_history_trains_with_the_located_rule(run):
     two_turns = {"messages": [{"role": "user", "content": "a?"}, {"role": "assistant", "content": "A."},
                               {"role": "user", "content": "b?"}, {"role": "assistant", "content": "B."}]}
     code, err = run([two_turns], model="breaking")
-    assert_refused(run, code, err, "row 0", "does not reproduce its own prefixes", "messages[1]")
+    assert code == 0, err
+    report = json.loads((run.out / "data_report.json").read_text())
+    assert report["template_rule"] == "located" and report["rows_by_rule"] == {"located": 1}
 
 
 def test_parquet_with_wrong_column_through_cli(run):
@@ -212,6 +246,85 @@ def test_resume_without_checkpoint(run):
     assert_refused(run, code, err, "--resume_from_checkpoint last: no checkpoint-N folder")
 
 
+# --- values that used to crash later, or train nothing -------------------------------------
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (("--per_device_train_batch_size", "0"), "--per_device_train_batch_size must be in [1, inf], got 0"),
+    (("--gradient_accumulation_steps", "0"), "--gradient_accumulation_steps must be in [1, inf], got 0"),
+    (("--learning_rate", "-1"), "--learning_rate must be in [0.0, inf], got -1.0"),
+    (("--inner_lr", "nan"), "--inner_lr must be a finite number, got nan"),
+    (("--max_steps", "0"), "--max_steps must be >= 1"),
+    (("--max_steps", "-1", "--num_train_epochs", "0"), "--num_train_epochs must be > 0"),
+    (("--dataset_num_proc", "0"), "--dataset_num_proc must be in [1, inf], got 0"),
+])
+def test_bad_training_values(run, flags, fragment):
+    code, err = run([OK], *flags)
+    assert_refused(run, code, err, fragment)
+
+
+def test_yaml_list_for_a_scalar_key(run):
+    (run.tmp / "c.yaml").write_text("learning_rate: [1e-4, 2e-4]\n")
+    code, err = run([OK], "--config", str(run.tmp / "c.yaml"))
+    assert_refused(run, code, err, "c.yaml", "key 'learning_rate' is a list", "takes one value")
+
+
+@pytest.mark.parametrize("model, fragment", [
+    ("empty", "the directory is empty"),
+    ("zero_bytes", "model.safetensors is empty (0 bytes)"),
+    ("no_tokenizer", "no tokenizer files"),
+    ("pickle", "only pickle weights (pytorch_model.bin)"),
+    ("small_vocab", "embedding table has 64 rows"),
+])
+def test_bad_model_dirs(run, model, fragment):
+    code, err = run([OK], model=model)
+    assert_refused(run, code, err, f"--model {run.models / model}", fragment)
+
+
+def test_tokenizer_without_chat_template(run):
+    code, err = run([OK], model="no_template")
+    assert_refused(run, code, err, "train.jsonl: the model's tokenizer (--model): the tokenizer has no chat_template")
+
+
+def test_unterminated_jsonl_line_names_its_end(run):
+    bad = '{"messages": [{"role": "user", "content": "hi"}'
+    (run.tmp / "bad.jsonl").write_text(json.dumps(OK) + "\n\n" + bad + "\n")
+    code, err = run(run.tmp / "bad.jsonl")
+    assert_refused(run, code, err, "bad.jsonl line 3: not valid JSON", f"column {len(bad) + 1}")
+
+
+def test_glob_matching_nothing(run):
+    code, err = run(str(run.tmp / "shards" / "*.jsonl"))
+    assert_refused(run, code, err, "*.jsonl: the pattern matches no file")
+
+
+def test_sharegpt_unknown_role(run):
+    row = {"conversations": [{"from": "human", "value": "hi"}, {"from": "bot", "value": "yo"}]}
+    code, err = run([row])
+    assert_refused(run, code, err, "train.jsonl line 1: conversations[1].from is 'bot'")
+
+
+def test_bad_weight(run):
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "weight": 2}]}
+    code, err = run([row])
+    assert_refused(run, code, err, "train.jsonl line 1: messages[1].weight is 2")
+
+
+def test_sharegpt_and_alpaca_rows_train(run):
+    rows = [{"conversations": [{"from": "human", "value": "Where is the cat?"}, {"from": "gpt", "value": "On the mat."}]},
+            {"instruction": "Where is the cat?", "output": "On the mat."}, OK]
+    code, err = run(rows)
+    assert code == 0, err
+    report = json.loads((run.out / "data_report.json").read_text())
+    assert report["rows_kept"] == 3 and report["template_rule"] == "prefix"
+
+
+def test_utf8_bom_jsonl_is_accepted(run):
+    (run.tmp / "bom.jsonl").write_text("\ufeff" + json.dumps(OK) + "\n", encoding="utf-8")
+    code, err = run(run.tmp / "bom.jsonl")
+    assert code == 0, err
+
+
 # --- faults during training ------------------------------------------------------------------
 
 
@@ -261,3 +374,14 @@ def test_checkpoints_are_staged_then_renamed(run, monkeypatch):
     assert left == ["checkpoint-2", "data_report.json", "final", "result.json"]
     state = json.loads((run.out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
+
+
+def test_diagnose_and_eval_load_safetensors_only(models, tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(OK) + "\n")
+    for argv in (["diagnose", "--model", str(models / "pickle"), "--data", str(data), "--out", str(tmp_path / "o")],
+                 ["eval", "--model", str(models / "pickle"), "--suite", "babilong", "--out", str(tmp_path / "o")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "only pickle weights (pytorch_model.bin)" in err and "Traceback" not in err
+        assert not (tmp_path / "o").exists()

@@ -208,3 +208,57 @@ def test_rules_are_stated():
     assert ChatEncoder(chatml_tokenizer()).rule == "prefix"
     assert ChatEncoder(prefix_breaking_tokenizer()).rule == "located"
     assert ChatEncoder(template_tokenizer(source("qwen2_5"))).rule == "prefix"
+
+
+# ---------------------------------------------------------------------------- rules agree
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\ue000\ue001"),
+                min_size=1, max_size=16).filter(lambda s: not s[:1].isspace() and s.strip())
+
+
+@st.composite
+def tool_conversations(draw):
+    messages = [{"role": "system", "content": draw(_text)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 4))):
+        messages.append({"role": "user", "content": draw(_text)})
+        if draw(st.booleans()):
+            messages.append({"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "get_weather", "arguments": {"city": draw(_text)}}}]})
+            messages.append({"role": "tool", "content": draw(_text)})
+        messages.append({"role": "assistant", "content": draw(_text)})
+    return messages
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(tool_conversations())
+def test_the_three_rules_agree_where_all_apply(messages):
+    """On a template that has markers and renders every turn independently of later ones (the
+    embedded default), the generation, prefix and located rules train the same tokens."""
+    from focusft.default import load_default_tokenizer
+
+    tok = _default_tokenizer(load_default_tokenizer)
+    results = [ChatEncoder(tok, rule=rule).encode(messages, TOOLS)[:2] for rule in ("generation", "prefix", "located")]
+    assert results[0] == results[1] == results[2]
+
+
+_TOKENIZERS = {}
+
+
+def _default_tokenizer(load):
+    return _TOKENIZERS.setdefault("default", load())
+
+
+def test_empty_think_loss_flag_reaches_tokenize_rows():
+    from focusft.config import parse_config
+    from focusft.data import tokenize_rows
+
+    assert parse_config(["--empty_think_loss", "true"]).empty_think_loss is True
+    assert parse_config([]).empty_think_loss is False
+    tok = template_tokenizer(source("qwen3"))
+    rows = [{"messages": [AGENTIC[1], {"role": "assistant", "content": "Paris."}]}]
+    _, context = tokenize_rows(rows, tok, 256, "error", "r")
+    _, trained = tokenize_rows(rows, tok, 256, "error", "r", empty_think_loss=True)
+    think = len(tok("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"])
+    assert trained.loss_tokens - context.loss_tokens == think and context.template_rule == "located"

@@ -3,6 +3,9 @@
     focusft data babilong --tasks qa1,qa2 --lengths 0k,1k --samples 100 --split train \\
         --seed 0 --tokenizer default --haystack DIR --out train.parquet
     focusft data default --lengths 256,512 --samples 64 --split test --out probe.jsonl
+    focusft data inspect --data train.jsonl --model DIR --rows 3 --json mask.json
+
+``inspect`` shows what training would train, token by token (``focusft.data_inspect``).
 
 ``default`` is the embedded default's task (one fact hidden in procedural prose, "Where is X?";
 ``focusft.default``), with ``--samples`` rows per length and evidence spans; its splits are
@@ -30,9 +33,10 @@ FORMATS = (".parquet", ".jsonl")
 def register(subparsers) -> None:
     p = subparsers.add_parser("data", help="generate BABILong / RULER chat sets",
                               description=__doc__.splitlines()[0])
-    p.add_argument("suite", choices=("babilong", "ruler", "default", "agentic"),
-                   help="benchmark family, the embedded default's task, or the agentic "
-                        "long-context tool-use suite (messages + tools)")
+    p.add_argument("suite", choices=("babilong", "ruler", "default", "agentic", "inspect"),
+                   help="benchmark family, the embedded default's task, the agentic long-context "
+                        "tool-use suite (messages + tools), or inspect (show the loss mask of "
+                        "--data under --model's chat template)")
     p.add_argument("--tasks", default=None,
                    help="comma-separated tasks (default: all of the suite: qa1..qa5 / 13 RULER)")
     p.add_argument("--lengths", default=None,
@@ -50,7 +54,16 @@ def register(subparsers) -> None:
                    help="babilong / ruler wording: focusft's own, or lm-eval's task files")
     p.add_argument("--no-few-shot", action="store_true",
                    help="BABILong: leave the worked examples out of the prompt")
-    p.add_argument("--out", required=True, help="output file, .parquet or .jsonl")
+    p.add_argument("--out", default=None, help="output file, .parquet or .jsonl (required to generate)")
+    inspect = p.add_argument_group("inspect")
+    inspect.add_argument("--data", default=None, help="inspect: chat rows (same forms as focusft train --data)")
+    inspect.add_argument("--model", default=None,
+                         help="inspect: local model/tokenizer directory (default: the embedded default's tokenizer)")
+    inspect.add_argument("--rows", type=int, default=3, help="inspect: first N rows to show (>= 1)")
+    inspect.add_argument("--json", default=None, metavar="OUT",
+                         help="inspect: also write every token's id, text and trained flag here")
+    inspect.add_argument("--empty_think_loss", action="store_true",
+                         help="inspect: train empty think blocks, as focusft train --empty_think_loss true")
     p.set_defaults(func=run)
 
 
@@ -117,6 +130,8 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
         raise UserError("--lengths: give at least one length, e.g. 0k,4k")
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
+    if not args.out:
+        raise UserError(f"focusft data {args.suite} needs --out FILE (.parquet or .jsonl)")
     out = Path(args.out)
     if out.suffix not in FORMATS:
         raise UserError(f"--out {args.out!r}: the file must end in .parquet or .jsonl")
@@ -128,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation.haystack import make_haystack
     from ..evaluation.lm_eval_tasks import LmEvalUnavailable
 
+    if args.suite == "inspect":
+        from ..data_inspect import run as inspect
+
+        return inspect(args)
     tasks, lengths, out = _check(args)
     if args.suite == "default":
         rows = default_task_rows(args, lengths)

@@ -73,10 +73,13 @@ def _check_flags(args) -> None:
             raise UserError(f"{flag} is {value}; expected an integer >= 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UserError(f"--chunk_size is {args.chunk_size}; expected an integer >= 1")
+    from ..model_dir import check_model_dir
+
     for path in args.model:
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise UserError(f"--model {path}: not a local checkpoint directory (no config.json); "
-                            "pass a directory written by save_pretrained")
+        if not os.path.isdir(path):
+            raise UserError(f"--model {path}: not a local checkpoint directory; pass a directory "
+                            "written by save_pretrained")
+        check_model_dir(path, "--model")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out}: exists and is not a directory")
 
@@ -101,14 +104,18 @@ def _first(flags: list[bool]) -> int | None:
 
 def _load(path: str, args):
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    from ..model_dir import check_model_dir, check_vocab_fits, load_tokenizer
+
+    check_model_dir(path, "--model")
+    tokenizer = load_tokenizer(path, "--model")
+    try:  # safetensors only: a pickled checkpoint is refused above and never read here
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
-                                                     dtype=getattr(torch, args.dtype))
+                                                     use_safetensors=True, dtype=getattr(torch, args.dtype))
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"--model {path}: cannot load the checkpoint ({exc})") from exc
+    check_vocab_fits(model, tokenizer, f"--model {path}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return tokenizer, model.to(device)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..data import normalize_row, tokenize_conversation
+from ..data import normalize_row, row_and_where, tokenize_conversation
 from ..errors import UserError
 
 
@@ -43,6 +43,7 @@ class RenderedSample:
 
 def render_sample(tokenizer: Any, row: dict, where: str) -> RenderedSample:
     """Tokenize `row` like training does and map its evidence char spans onto tokens."""
+    row, where = row_and_where(row, where)  # rows of focusft.data.load_rows carry their location
     messages, tools = normalize_row(row, where)
     ids, loss_mask = tokenize_conversation(tokenizer, messages, tools, where)
     spans = row.get("evidence")
