@@ -126,8 +126,8 @@ PRESETS = {
 }
 # --task long: per preset, what changes on top of the preset above (focusft.experiment_long).
 LONG_PRESETS = {
-    "full": dict(steps=150, batch_size=16, warmup_steps=15, diagnostics_steps=25,
-                 eval_samples=12, ruler_samples=8, pretrain_steps=3000),
+    "full": dict(steps=120, batch_size=8, warmup_steps=12, diagnostics_steps=20,
+                 eval_samples=8, ruler_samples=4, pretrain_steps=3000),
     "quick": dict(long_train_lengths=[0, 256], long_ruler_tasks=["niah_single_1"],
                   long_ruler_train_lengths=[512], long_train_samples=8, steps=6, batch_size=8,
                   warmup_steps=1, diagnostics_steps=3, tasks=["qa1", "qa2"],
