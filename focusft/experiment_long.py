@@ -199,7 +199,11 @@ def write_markdown(summary: dict, path: Path) -> None:
     by_method = diagnostics_by_method(summary)
     plot_diagnostics(by_method, path.parent / diag_plot)
     lines = [f"# SFT vs FocuSFT on multi-token long-context tasks ({label} run)", ""]
-    if cfg["label"] != "full":
+    if cfg["label"] == "reduced":
+        lines += ["> **This is a reduced run**: fewer seeds, steps, samples or tasks than the full "
+                  "preset (`focusft experiment --task long`), see the settings below. It is not the "
+                  "full experiment.", ""]
+    elif cfg["label"] != "full":
         lines += [f"> **This is the `{cfg['label']}` run: a tiny budget meant as a smoke test.** "
                   "Its numbers are not evidence for or against FocuSFT.", ""]
     lines += ["## How these numbers were made", "",
