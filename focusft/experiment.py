@@ -126,8 +126,8 @@ PRESETS = {
 }
 # --task long: per preset, what changes on top of the preset above (focusft.experiment_long).
 LONG_PRESETS = {
-    "full": dict(steps=150, batch_size=16, warmup_steps=15, diagnostics_steps=25,
-                 eval_samples=12, ruler_samples=8, pretrain_steps=3000),
+    "full": dict(steps=120, batch_size=8, warmup_steps=12, diagnostics_steps=20,
+                 eval_samples=8, ruler_samples=4, pretrain_steps=3000),
     "quick": dict(long_train_lengths=[0, 256], long_ruler_tasks=["niah_single_1"],
                   long_ruler_train_lengths=[512], long_train_samples=8, steps=6, batch_size=8,
                   warmup_steps=1, diagnostics_steps=3, tasks=["qa1", "qa2"],
@@ -690,7 +690,10 @@ def write_markdown(summary: dict, path: Path) -> None:
     pre = summary.get("pretrain") or {}
     quick = cfg["label"] != "full"
     lines = [f"# SFT vs FocuSFT in miniature ({cfg['label']} run)", ""]
-    if quick:
+    if cfg["label"] == "reduced":
+        lines += ["> **This is a reduced run** (fewer seeds, steps, samples, tasks or methods than "
+                  "`focusft experiment`); it is not the full experiment.", ""]
+    elif quick:
         lines += [f"> **This is the `{cfg['label']}` run: a tiny budget meant as a smoke test.** "
                   "Its numbers are not evidence for or against FocuSFT. The full configuration is "
                   "`focusft experiment` without `--quick`.", ""]
@@ -775,6 +778,19 @@ def config_from_args(args) -> ExperimentConfig:
         updates["methods"] = args.methods.split(",")
     if args.tasks:
         updates["tasks"] = args.tasks.split(",")
+    for name in ("steps", "eval_samples"):
+        value = getattr(args, name, None)
+        if value is not None:
+            if value < 1:
+                from .errors import UserError
+
+                raise UserError(f"--{name} must be >= 1, got {value}")
+            updates[name] = value
+    if getattr(args, "no_sweep", False):
+        updates["sweep"] = False
+    reduced = {"steps", "eval_samples", "seeds", "sweep", "tasks", "methods"} & set(updates)
+    if preset == "full" and reduced:
+        updates["label"] = "reduced"  # never presented as the full run
     return replace(cfg, **{k: v for k, v in updates.items() if v is not None})
 
 

@@ -17,7 +17,7 @@ Attention at the end of training: the base and every final checkpoint measured o
 under the causal mask and under the GLM mask (`focusft.diagnostics.measure`); the curve over
 training is the training callback's, under each method's own training mask.
 
-Sweeps (``sweep``, on the first seed only): the FocuSFT inner loop with ``sweep_objective`` at
+Sweeps (``sweep``, on the first seed only, scored under causal inference only): the FocuSFT inner loop with ``sweep_objective`` at
 K in {1, 4} and inner lr in {0.3, 3.0}; K = 0 is SFT-GLM exactly and K = 2, lr = 1.0 is the main
 run of that objective, so the sweep points complete those two curves.
 """
@@ -82,7 +82,7 @@ def test_rows(cfg, tokenizer) -> dict[str, list[dict]]:
 def evaluate(cfg, base: str, runs: dict, log) -> dict:
     """{suite: {"method [mask]": {"counts": {length: [points, samples]}, "per_seed": ...}}}."""
     from .eval_runner import EvalSpec, generate_outputs, load_checkpoint
-    from .experiment import _empty_row, _finish, _models
+    from .experiment import BASE, METHODS, _empty_row, _finish, _models
     from .sft_tasks import score
 
     tables: dict[str, dict] = defaultdict(dict)
@@ -92,7 +92,8 @@ def evaluate(cfg, base: str, runs: dict, log) -> dict:
         suites = suites or test_rows(cfg, tokenizer)  # one tokenizer for every model here
         for suite, rows in suites.items():
             spec = EvalSpec(suite=suite, batch_size=8)
-            for mask in cfg.inference_masks:
+            sweep = name not in METHODS and name != BASE  # sweep points: causal inference only
+            for mask in (["causal"] if sweep else cfg.inference_masks):
                 start = time.perf_counter()
                 outputs = generate_outputs(model, tokenizer, rows, spec, mask)
                 row = tables[suite].setdefault(f"{name} [{mask}]", _empty_row())
@@ -198,7 +199,11 @@ def write_markdown(summary: dict, path: Path) -> None:
     by_method = diagnostics_by_method(summary)
     plot_diagnostics(by_method, path.parent / diag_plot)
     lines = [f"# SFT vs FocuSFT on multi-token long-context tasks ({label} run)", ""]
-    if cfg["label"] != "full":
+    if cfg["label"] == "reduced":
+        lines += ["> **This is a reduced run**: fewer seeds, steps, samples or tasks than the full "
+                  "preset (`focusft experiment --task long`), see the settings below. It is not the "
+                  "full experiment.", ""]
+    elif cfg["label"] != "full":
         lines += [f"> **This is the `{cfg['label']}` run: a tiny budget meant as a smoke test.** "
                   "Its numbers are not evidence for or against FocuSFT.", ""]
     lines += ["## How these numbers were made", "",

@@ -14,7 +14,8 @@ of most heads on the first token). A from-scratch tiny model has none, so FocuSF
 * loop: AdamW (decoupled weight decay on matrices only), linear warm-up then cosine decay,
   gradient-norm clip 1.0, next-token loss on every token after the BOS.
 * sinks (`focusft.pretrain_sinks`): first-token attention mass per layer, as a multiple of the
-  uniform share, on fixed held-out rows every ``sink_every`` steps; written to pretrain.json
+  uniform share, every ``sink_every`` steps, on fixed probe rows (`probe_rows`: book prose and
+  bAbI stories, the same rows for every recipe); written to pretrain.json
   (``sinks``) and plotted (sinks.png).
 * output: a plain Hugging Face checkpoint (safetensors) + the tokenizer + pretrain.json, written
   to a temporary directory and renamed into place.
@@ -37,6 +38,8 @@ from pathlib import Path
 from .errors import UserError
 
 BOOKS = "../shared/data/haystack"  # BABILong-style book noise, relative to the project root
+PROBE_MIX = {"book": 0.5, "babi": 0.5}
+PROBE_SEED = 7919
 MIX_SPARSE = {"book": 0.35, "babi": 0.2, "ruler": 0.1, "copy": 0.15, "repeat": 0.2}
 
 
@@ -68,6 +71,9 @@ RECIPES: dict[str, dict] = {
     "prose-wd": dict(mix={"book": 1.0}),
     "sparse-nobos": dict(bos=False),
     "sparse-lowwd": dict(weight_decay=0.01),
+    "bigram": dict(mix={"book": 0.3, "babi": 0.15, "ruler": 0.05, "copy": 0.1, "repeat": 0.1,
+                        "bigram": 0.3}),
+    "bigram-heavy": dict(mix={"book": 0.15, "babi": 0.1, "copy": 0.1, "bigram": 0.65}),
 }
 
 
@@ -120,6 +126,16 @@ def _step(model, opt, ids, lr: float) -> float:
     return loss.item()
 
 
+def probe_rows(tokenizer, seq_len: int, n: int, haystack=None) -> list[list[int]]:
+    """The rows every recipe's sinks are measured on: BOS, then book prose and bAbI stories
+    (the text the SFT tasks are made of), from a seed no recipe trains on; the same for every
+    recipe, so their ratios compare."""
+    from .pretrain_data import token_rows
+
+    rows = token_rows(tokenizer, seq_len, PROBE_SEED, PROBE_MIX, haystack, True)
+    return [next(rows) for _ in range(n)]
+
+
 def build_model(tokenizer, cfg: PretrainConfig):
     """The embedded default's tiny Qwen2 (with `cfg.heads` heads), its BOS id set, seeded."""
     import torch
@@ -155,9 +171,7 @@ def pretrain(cfg: PretrainConfig, log=print) -> dict:
         raise UserError(f"--seq_len {cfg.seq_len} exceeds the model's "
                         f"{model.config.max_position_embeddings} positions")
     opt = _optimizer(model, cfg)
-    # Probe rows: their own seed, always with BOS (the sink is measured on the token SFT sees first).
-    probe = [r for _, r in zip(range(cfg.sink_rows), token_rows(
-        tokenizer, cfg.seq_len, cfg.seed + 7919, cfg.mix, haystack, True, cfg.ruler_len))]
+    probe = probe_rows(tokenizer, cfg.seq_len, cfg.sink_rows, haystack)
     rows = token_rows(tokenizer, cfg.seq_len, cfg.seed, cfg.mix, haystack, cfg.bos, cfg.ruler_len)
     sinks = [{"step": 0, **first_token_ratio(model, probe)}]
     model.train()

@@ -14,6 +14,10 @@ tokenizer open with it too). Segments, drawn with the recipe's weights:
           at the end, one query "What is the code of the brave lantern? 4821"
   repeat  a run of 8-32 random words, then the same run again (only an induction / copy head can
           predict the second run; on text without a repeat such a head has nothing to do)
+  bigram  Bigram-Backcopy (Guo et al. 2024, the active-dormant paper): a walk on a fixed sparse
+          bigram table over 64 words (each word has 3 successors), where after the trigger word
+          "again" the next word repeats the word before the trigger. Only the word after a
+          trigger needs attention; everywhere else attention can only add noise
 
 Why the mix (the "active-dormant head" mechanism): babi, ruler and copy segments need heads
 that retrieve one earlier token; on the plain prose around them such heads have nothing to do,
@@ -29,7 +33,7 @@ import random
 from typing import Iterator
 
 BOS = "<|bos|>"
-KINDS = ("book", "babi", "ruler", "copy", "repeat")
+KINDS = ("book", "babi", "ruler", "copy", "repeat", "bigram")
 RULER_PRETRAIN_TASKS = ("niah_single_1", "niah_multikey_2", "vt")
 
 
@@ -100,6 +104,25 @@ class Segments:
         text = _scatter(self._sentences(1, 6), facts, self.rng)
         return f"{text}\nWhat is the code of the {keys[i]}? {codes[i]}"
 
+
+    def _bigram(self) -> str:
+        words, table = self._bigram_table()
+        word, out = self.rng.choice(words), []
+        for _ in range(self.rng.randint(30, 90)):
+            out.append(word)
+            if self.rng.random() < 0.08:  # trigger: "again", then the word before it
+                out += ["again", word]
+            word = self.rng.choice(table[word])
+        return " ".join(out) + "."
+
+    def _bigram_table(self):
+        if not hasattr(self, "_table"):
+            from .evaluation.haystack import prose_vocabulary
+
+            rng = random.Random(1234)  # one table for every seed: it is the "language"
+            words = rng.sample(prose_vocabulary()["n"], 64)
+            self._table = (words, {w: rng.sample(words, 3) for w in words})
+        return self._table
 
     def _repeat(self) -> str:
         from .evaluation.haystack import prose_vocabulary

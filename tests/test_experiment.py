@@ -68,3 +68,27 @@ def test_sweep_runs_on_first_seed_only():
                      "focusft-context-lr3"]
     assert all_methods(replace(cfg, sweep=False)) == METHODS
     assert all_methods(replace(ExperimentConfig(), **PRESETS["quick"])) == METHODS
+
+
+def _args(**kw):
+    import argparse
+
+    base = dict(quick=False, smoke=False, base=None, seeds=None, methods=None, tasks=None,
+                out=None, report=None, task=None, haystack=None, steps=None, eval_samples=None,
+                no_sweep=False)
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_overrides_mark_the_run_reduced():
+    import pytest
+
+    from focusft.errors import UserError
+    from focusft.experiment import config_from_args
+
+    full = config_from_args(_args(task="long"))
+    assert full.label == "full" and full.task == "long" and full.sweep
+    reduced = config_from_args(_args(task="long", seeds="0", steps=5, no_sweep=True))
+    assert (reduced.label, reduced.seeds, reduced.steps, reduced.sweep) == ("reduced", [0], 5, False)
+    assert config_from_args(_args(quick=True, steps=3)).label == "quick"
+    with pytest.raises(UserError, match="--steps"):
+        config_from_args(_args(steps=0))

@@ -23,6 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("--haystack", default=None,
                    help="prose for --task long: a directory of .txt books or 'procedural' "
                         "(default: ../shared/data/haystack when it exists)")
+    p.add_argument("--steps", type=int, default=None, help="outer optimizer steps per run (a reduced "
+                   "run; the preset's otherwise)")
+    p.add_argument("--eval_samples", type=int, default=None,
+                   help="BABILong samples per task and length (the preset's otherwise)")
+    p.add_argument("--no_sweep", action="store_true", help="--task long: skip the K / inner-lr sweep")
     p.add_argument("--out", default=None, help="working directory (default runs/experiment)")
     p.add_argument("--report", default=None, help="markdown report (default docs/results.md)")
     p.set_defaults(func=run)
