@@ -12,7 +12,9 @@ import types
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import (Gemma2Config, Gemma2ForCausalLM, GptOssConfig, GptOssForCausalLM,
+from transformers import (Cohere2Config, Cohere2ForCausalLM, Exaone4Config, Exaone4ForCausalLM,
+                          Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig,
+                          GptOssConfig, GptOssForCausalLM, Olmo3Config, Olmo3ForCausalLM,
                           Llama4ForCausalLM, Llama4TextConfig, MistralConfig, MistralForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM, Qwen2MoeConfig, Qwen2MoeForCausalLM)
 from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward as gemma2_eager
@@ -182,6 +184,12 @@ def test_tiled_memory_is_linear_in_sequence_length(monkeypatch, features):
 
 
 # ------------------------------------------------------------------------- whole models
+MIXED = {"gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, {"head_dim": 8}),
+         "cohere2": (Cohere2Config, Cohere2ForCausalLM, {}),
+         "olmo3": (Olmo3Config, Olmo3ForCausalLM, {}),
+         "exaone4": (Exaone4Config, Exaone4ForCausalLM, {})}
+
+
 def tiny(family):
     torch.manual_seed(0)
     common = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
@@ -197,6 +205,10 @@ def tiny(family):
                              num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16,
                              shared_expert_intermediate_size=16)
         return Qwen2MoeForCausalLM(cfg)
+    if family in MIXED:  # one sliding, one full layer
+        config_cls, model_cls, extra = MIXED[family]
+        return model_cls(config_cls(**common, sliding_window=3, **extra,
+                                    layer_types=["sliding_attention", "full_attention"]))
     if family == "gemma2":
         model = Gemma2ForCausalLM(Gemma2Config(**common, head_dim=8, sliding_window=3,
                                                query_pre_attn_scalar=8, attn_logit_softcapping=1.0,
@@ -214,7 +226,7 @@ def tiny(family):
     return model
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen2_moe", "gemma2", "gpt_oss"])
+@pytest.mark.parametrize("family", ["mistral", "qwen2", "qwen2_moe", "gemma2", "gpt_oss", *MIXED])
 def test_causal_layout_equals_the_models_own_sliding_attention(family):
     batch = make_batch([[(4, 0), (5, 1)], [(6, 1)]])  # one padded row
     real = batch["attention_mask"].bool()
@@ -237,7 +249,7 @@ def test_causal_layout_equals_the_models_own_sliding_attention(family):
         assert all(layer.self_attn.sinks.grad.abs().sum() > 0 for layer in model.model.layers)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "gpt_oss"])
+@pytest.mark.parametrize("family", ["gemma2", "gpt_oss", "qwen2", *MIXED])
 def test_glm_layout_equals_eager_under_the_dense_masks_per_layer_type(family):
     batch = make_batch(ROWS)
     layout = AttentionLayout.glm(batch["loss_mask"], batch["attention_mask"].sum(1).tolist())
