@@ -162,7 +162,7 @@ def supported_table() -> str:
                 where = models.describe_targets(model)
             except Exception as err:  # the refusal itself
                 where = "-"
-                status = f"refused: {str(err).split(': ', 2)[-1].split('.')[0]}"
+                status = f"refused: {_reason(str(err))}"
             if name in SFT_ONLY:
                 status = f"SFT exact; FocuSFT {status}"
         else:
@@ -171,6 +171,15 @@ def supported_table() -> str:
         where = where.replace("|", "\\|")
         lines.append(f"| {model.config.model_type} | {config} | {status} | `{where}` |")
     return "\n".join(lines) + "\n"
+
+
+def _reason(message: str) -> str:
+    """The reason part of a refusal: '<Model> ... is not supported by focusft: <reason>. See ...'
+    or 'layer N: <reason>'."""
+    marker = " is not supported by focusft: "
+    if marker in message:
+        return message.split(marker, 1)[1].rsplit(". See README", 1)[0]
+    return message.split(": ", 1)[1]
 
 
 NOTED = ("sliding_window", "dim_model_base", "attn_logit_softcapping", "final_logit_softcapping", "logit_scale",
