@@ -103,6 +103,8 @@ class BilevelStep:
         self.head = models.logits_head(model)
         self.aux = models.aux_loss(model)
         self.first = fast.first_layer
+        self._bottom_routers = self.aux is not None and any(
+            models.is_moe(block) for layer in self.layers[: self.first] for block in layer.children())
         self.job: InnerJob | None = None
         self.stats: InnerStats | None = None
         self._embeds: torch.Tensor | None = None
@@ -130,6 +132,9 @@ class BilevelStep:
         hidden = (args[0] if args else kwargs["hidden_states"]).detach()
         kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
         bottom_router = models.recorded_router_logits() if self.aux is not None else []
+        if self._bottom_routers and job.layout is None and not bottom_router:
+            raise RuntimeError("the router loss needs the bottom layers' router logits: run the outer "
+                               "forward with output_router_logits=True (as step.outer_loss does)")
         # The outer forward may run under activation checkpointing (no-grad or saved-tensor
         # hooks); the inner loop builds and consumes its own ordinary graph.
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
