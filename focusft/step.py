@@ -138,7 +138,7 @@ class BilevelStep:
         # The outer forward may run under activation checkpointing (no-grad or saved-tensor
         # hooks); the inner loop builds and consumes its own ordinary graph.
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
-                nested_fsdp_call(module), models.kept_layouts(self.model):
+                nested_fsdp_call(module), models.kept_layouts(self.model):  # FSDP2: re-entry
             if job.layout is not None:
                 kwargs["layout"] = job.layout
                 hidden, bottom_router = self._bottom(self._embeds, kwargs)
@@ -190,9 +190,10 @@ def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | tor
     keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
     aux = models.aux_loss(model)
     extra = {} if aux is None else {"output_router_logits": True}
-    if aux is None:  # the router logits of the last layer are needed at every position
-        # The last layer matters only where logits are taken (also for the response-objective
-        # inner loop, which runs under this layout).
+    # The last layer matters only where logits are taken (also for the response-objective
+    # inner loop, which runs under this layout), unless a router loss reads its router logits
+    # at every position.
+    if aux is None:
         layout = layout.with_tail((labels != -100).cpu(), len(models.decoder_layers(model)) - 1)
     out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,
                 logits_to_keep=keep, use_cache=False, **extra)
