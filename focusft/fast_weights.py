@@ -119,7 +119,7 @@ class FastWeights:
         device = device or self.slots[0].module.weight.device
         gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         for slot in self.slots:
-            out_f, in_f = slot.module.weight.shape
+            in_f, out_f = models.features(slot.module)
             bound = 1.0 / math.sqrt(in_f)  # kaiming_uniform_(a=sqrt(5)) on an (r, in) weight
             slot.a = torch.stack([
                 torch.empty(self.rank, in_f, device=device).uniform_(-bound, bound, generator=g)

@@ -130,11 +130,9 @@ PENDING = {
 # Refused with a UserError whose message matches the pattern.
 REFUSED = {
     "llama4-text": "chunked attention",
-    "gpt2": "no Linear modules",
     "falcon": "AttentionInterface",
     "qwen3-next": "linear_attention",
 }
-SFT_ONLY = {"gpt2"}  # SFT (GLM or causal) exact; FocuSFT refused
 EXACT = [n for n in SPECS if n not in REFUSED]
 
 
@@ -163,8 +161,6 @@ def supported_table() -> str:
             except Exception as err:  # the refusal itself
                 where = "-"
                 status = f"refused: {_reason(str(err))}"
-            if name in SFT_ONLY:
-                status = f"SFT exact; FocuSFT {status}"
         else:
             status = f"pending: {PENDING[name]}" if name in PENDING else "exact"
             where = models.describe_targets(model)
