@@ -125,9 +125,8 @@ class FastWeights:
         device = device or _device_of(self.slots[0].module)
         gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
         for slot in self.slots:
-            # in/out features, never the weight's shape: a quantized (packed) or sharded weight
-            # does not have the layer's shape.
-            out_f, in_f = slot.module.out_features, slot.module.in_features
+            # in/out features, never the weight's shape (packed 4-bit, sharded, Conv1D)
+            in_f, out_f = models.features(slot.module)
             bound = 1.0 / math.sqrt(in_f)  # kaiming_uniform_(a=sqrt(5)) on an (r, in) weight
             slot.a = torch.stack([
                 torch.empty(self.rank, in_f, device=device).uniform_(-bound, bound, generator=g)

@@ -27,8 +27,9 @@ holds only what the structure cannot tell):
                             flattened tokens, not samples, and fused experts are not Linears:
                             there the targets are the Linears of the layer's attention block
                             (q/k/v/o, or MLA's low-rank projections), which see (sample, position).
-                            PEFT tuner layers (a module with ``base_layer``) and bitsandbytes
-                            Linear4bit / Linear8bitLt count as Linears (hooked on the wrapper).
+                            PEFT tuner layers (a module with ``base_layer``), bitsandbytes
+                            Linear4bit / Linear8bitLt and transformers' Conv1D (GPT-2) count as
+                            Linears (a PEFT layer is hooked on the wrapper).
     aux_loss(model)         the router load-balancing term the model's own loss adds when its
                             config has ``output_router_logits``:
                             ``router_aux_loss_coef * load_balancing_loss_func(router_logits, E, k,
@@ -228,8 +229,19 @@ def logits_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 # ------------------------------------------------------------------------- fast-weight targets
 def is_linear(module: nn.Module) -> bool:
-    """A Linear fast weights can hook: nn.Linear (bitsandbytes' subclass it) or a PEFT tuner layer."""
-    return isinstance(module, nn.Linear) or isinstance(getattr(module, "base_layer", None), nn.Module)
+    """A Linear fast weights can hook: nn.Linear (bitsandbytes' subclass it), transformers' Conv1D
+    (GPT-2: y = x W + b, W stored in x out) or a PEFT tuner layer."""
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D)) or \
+        isinstance(getattr(module, "base_layer", None), nn.Module)
+
+
+def features(module: nn.Module) -> tuple[int, int]:
+    """(in, out) features of a target (packed 4-bit weights do not show them in their shape)."""
+    if hasattr(module, "nf"):  # Conv1D
+        return module.weight.shape[0], module.nf
+    return module.in_features, module.out_features
 
 
 def linears(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
@@ -271,8 +283,8 @@ def default_targets(layer: nn.Module, layer_idx: int) -> list[tuple[str, nn.Modu
         kinds = sorted({type(m).__name__ for m in block[1].modules()
                         if isinstance(getattr(m, "weight", None), torch.Tensor)})
         raise UserError(f"layer {layer_idx}: its {block[0]} block has no Linear modules for fast "
-                        f"weights (its projections are {kinds}; fast weights hook nn.Linear, PEFT "
-                        "and bitsandbytes Linears only)")
+                        f"weights (its projections are {kinds}; fast weights hook nn.Linear, "
+                        "Conv1D, PEFT and bitsandbytes Linears only)")
     return found
 
 

@@ -104,6 +104,8 @@ class BilevelStep:
         self.head = models.logits_head(model)
         self.aux = models.aux_loss(model)
         self.first = fast.first_layer
+        self._bottom_routers = self.aux is not None and any(
+            models.is_moe(block) for layer in self.layers[: self.first] for block in layer.children())
         self.job: InnerJob | None = None
         self.stats: InnerStats | None = None
         self._embeds: torch.Tensor | None = None
@@ -131,6 +133,9 @@ class BilevelStep:
         hidden = (args[0] if args else kwargs["hidden_states"]).detach()
         kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
         bottom_router = models.recorded_router_logits() if self.aux is not None else []
+        if self._bottom_routers and job.layout is None and not bottom_router:
+            raise RuntimeError("the router loss needs the bottom layers' router logits: run the outer "
+                               "forward with output_router_logits=True (as step.outer_loss does)")
         # The outer forward may run under activation checkpointing (no-grad or saved-tensor
         # hooks); the inner loop builds and consumes its own ordinary graph.
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
@@ -194,9 +199,10 @@ def outer_logits(model, batch: dict, layout: AttentionLayout):
     keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
     aux = models.aux_loss(model)
     extra = {} if aux is None else {"output_router_logits": True}
-    if aux is None:  # the router logits of the last layer are needed at every position
-        # The last layer matters only where logits are taken (also for the response-objective
-        # inner loop, which runs under this layout).
+    # The last layer matters only where logits are taken (also for the response-objective
+    # inner loop, which runs under this layout), unless a router loss reads its router logits
+    # at every position.
+    if aux is None:
         layout = layout.with_tail((labels != -100).cpu(), len(models.decoder_layers(model)) - 1)
     out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,
                 logits_to_keep=keep, use_cache=False, **extra)

@@ -122,11 +122,9 @@ PENDING: dict[str, str] = {}
 # Refused with a UserError whose message matches the pattern.
 REFUSED = {
     "llama4-text": "chunked attention",
-    "gpt2": "no Linear modules",
     "falcon": "AttentionInterface",
     "qwen3-next": "linear_attention",
 }
-SFT_ONLY = {"gpt2"}  # SFT (GLM or causal) exact; FocuSFT refused
 EXACT = [n for n in SPECS if n not in REFUSED]
 
 
@@ -154,15 +152,22 @@ def supported_table() -> str:
                 where = models.describe_targets(model)
             except Exception as err:  # the refusal itself
                 where = "-"
-                status = f"refused: {str(err).split(': ', 2)[-1].split('.')[0]}"
-            if name in SFT_ONLY:
-                status = f"SFT exact; FocuSFT {status}"
+                status = f"refused: {_reason(str(err))}"
         else:
             status = f"pending: {PENDING[name]}" if name in PENDING else "exact"
             where = models.describe_targets(model)
         where = where.replace("|", "\\|")
         lines.append(f"| {model.config.model_type} | {config} | {status} | `{where}` |")
     return "\n".join(lines) + "\n"
+
+
+def _reason(message: str) -> str:
+    """The reason part of a refusal: '<Model> ... is not supported by focusft: <reason>. See ...'
+    or 'layer N: <reason>'."""
+    marker = " is not supported by focusft: "
+    if marker in message:
+        return message.split(marker, 1)[1].rsplit(". See README", 1)[0]
+    return message.split(": ", 1)[1]
 
 
 NOTED = ("sliding_window", "dim_model_base", "attn_logit_softcapping", "final_logit_softcapping", "logit_scale",

@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from architectures import EXACT, REFUSED, SFT_ONLY, VOCAB, build, cases, supported_table
+from architectures import EXACT, REFUSED, VOCAB, build, cases, supported_table
 from focusft import attention, models
 from focusft.errors import UserError
 from focusft.fast_weights import FastWeights
@@ -201,7 +201,7 @@ def tiny(name, scaled=False):
 
 
 # ----------------------------------------------------------------------------- the matrix
-@pytest.mark.parametrize("name", cases(EXACT + sorted(SFT_ONLY)))
+@pytest.mark.parametrize("name", cases(EXACT))
 def test_glm_layout_equals_eager_dense_mask(name):
     batch = make_batch(seed=1)
     model = tiny(name)
