@@ -1,7 +1,8 @@
 """What `FocusTrainer` accepts, turned into what the step needs (TRL's SFTTrainer conventions).
 
-* ``args``: a `FocusConfig`, a plain ``transformers.TrainingArguments`` (its values kept, the
-  method's knobs at their defaults) or None (all defaults).
+* ``args``: a `FocusConfig`, a plain ``transformers.TrainingArguments`` or TRL ``SFTConfig``
+  (every value under a name `FocusConfig` shares is kept, the method's knobs at their
+  defaults) or None (all defaults).
 * ``model``: a `PreTrainedModel` (or PEFT model), a directory / hub name (loaded like
   ``--model``, an adapter directory included), or None for the embedded tiny default.
 * ``train_dataset`` / ``eval_dataset``: a ``datasets.Dataset`` or a list of rows in chat form
@@ -33,8 +34,9 @@ def as_focus_config(args) -> FocusConfig:
         return FocusConfig()
     if isinstance(args, FocusConfig):
         return args
-    if isinstance(args, TrainingArguments):
-        values = {f.name: getattr(args, f.name) for f in fields(TrainingArguments) if f.init}
+    if isinstance(args, TrainingArguments):  # also TRL's SFTConfig: its max_length, packing, ...
+        values = {f.name: getattr(args, f.name) for f in fields(FocusConfig)
+                  if f.init and hasattr(args, f.name)}
         return FocusConfig(**values)
     raise UserError(f"args must be a FocusConfig or transformers.TrainingArguments, got "
                     f"{type(args).__name__}")

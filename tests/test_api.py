@@ -109,3 +109,14 @@ def test_rows_of_different_shapes_tools_and_tool_calls(model_dir, tmp_path):
     assert len(trainer.train_dataset) == 3
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+def test_trl_sftconfig_values_carry_over(model_dir, tmp_path):
+    trl = pytest.importorskip("trl")
+    args = trl.SFTConfig(output_dir=str(tmp_path / "run"), bf16=False, max_length=96, packing=True,
+                         gradient_checkpointing=False, **small())
+    trainer = FocusTrainer(model=str(model_dir), args=args, train_dataset=ROWS)
+    assert isinstance(trainer.args, FocusConfig)
+    assert (trainer.args.max_length, trainer.args.packing, trainer.args.learning_rate) == (96, True, 1e-3)
+    trainer.train()
+    assert trainer.state.global_step == 2
