@@ -265,13 +265,21 @@ class ChatEncoder:
         return tuple(sorted(found, key=len, reverse=True))
 
     def _tool_call_stop(self) -> tuple[str, ...]:
-        """The special token a tool-calling final turn ends with (Gemma's ``<|tool_response>``)."""
-        text = self._probe([{"role": "user", "content": "x"},
-                            {"role": "assistant", "content": "", "tool_calls": _PROBE_CALL}],
-                           [_PROBE_TOOL])
-        text = (text or "").rstrip()
-        special = next((s for s in self.specials if text.endswith(s)), None)
-        return (special,) if special and special not in self.footers else ()
+        """Stop tokens of a tool-calling turn: the special token a final tool-calling turn ends
+        with (Gemma's ``<|tool_response>``, gpt-oss' ``<|call|>``) and, for a template without
+        an end-of-turn token there, the role token that opens the tool result (GLM-4's
+        ``<|observation|>``, the token such a model stops on)."""
+        user = {"role": "user", "content": "x"}
+        calling = {"role": "assistant", "content": "", "tool_calls": _PROBE_CALL}
+        alone = (self._probe([user, calling], [_PROBE_TOOL]) or "").rstrip()
+        found = [s for s in self.specials if alone.endswith(s)][:1]
+        answered = self._probe([user, calling, {"role": "tool", "content": SENTINEL}], [_PROBE_TOOL])
+        if alone and answered and not any(alone.endswith(f) for f in self.footers):
+            rest = answered[_common_prefix(alone, answered):]
+            opener = next((s for s in self.specials if rest.startswith(s)), None)
+            if opener and not (self.header or "").startswith(opener):
+                found.append(opener)
+        return tuple(s for s in dict.fromkeys(found) if s not in self.footers)
 
     def _choose_rule(self) -> str:
         if template_has_generation_markers(self.template):

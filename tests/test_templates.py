@@ -262,3 +262,15 @@ def test_empty_think_loss_flag_reaches_tokenize_rows():
     _, trained = tokenize_rows(rows, tok, 256, "error", "r", empty_think_loss=True)
     think = len(tok("<think>\n\n</think>\n\n", add_special_tokens=False)["input_ids"])
     assert trained.loss_tokens - context.loss_tokens == think and context.template_rule == "located"
+
+
+def test_glm4_tool_call_turn_trains_its_stop_token():
+    """GLM-4 ends no turn with an end-of-turn token: the model stops by writing the next role
+    token, so that token is trained (<|user|> after an answer, <|observation|> after a call)."""
+    tok = template_tokenizer(source("glm4moe"))
+    ids, mask, rule = ChatEncoder(tok).encode(AGENTIC, TOOLS)
+    assert rule == "located"
+    assert runs(tok, ids, mask) == [
+        "Paris.<|user|>",
+        "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Lyon</arg_value>\n</tool_call><|observation|>",
+        "\n<think>Read the tool result.</think>\nSunny."]
