@@ -301,12 +301,30 @@ AttentionInterface.register(NAME, focusft_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def use_focusft_attention(model) -> None:
+def use_focusft_attention(model):
     """Switch `model` (a transformers PreTrainedModel) to the block-prefix attention, pass the
     layout on in families whose layers drop it (`focusft.models`), and let the last layer's MLP
-    compute only the rows where logits are taken (`focusft.last_layer`)."""
+    compute only the rows where logits are taken (`focusft.last_layer`).
+
+    Returns ``restore()``, which puts back the previous attention implementation and removes
+    every hook this call installed: the model is plain again.
+    """
     from . import last_layer, models
 
+    before = model.config._attn_implementation
     model.set_attn_implementation(NAME)
-    models.prepare(model)  # families whose layers drop layout= get it passed on
-    last_layer.install(model)
+    handles = models.prepare(model)  # families whose layers drop layout= get it passed on
+    had_tail = getattr(model, "_focusft_tail_rows", None) is not None
+    tail = last_layer.install(model)
+
+    def restore() -> None:
+        for handle in handles:
+            handle.remove()
+        if handles:
+            del models.unwrap(model)._focusft_prepared
+        if tail is not None and not had_tail:
+            tail.remove()
+            del model._focusft_tail_rows
+        model.set_attn_implementation(before)
+
+    return restore

@@ -119,7 +119,7 @@ class FocusTrainer(Trainer):
             data_collator = Collator(pad_id=_pad_id(processing_class),
                                      pack_to=args.max_length if args.packing else None)
         self.fast = self.bilevel = None
-        self._attached, self._attn_before = 0, None
+        self._attached, self._restore_attention = 0, None
         # Fast weights first: a model that cannot host them fails before Trainer makes output_dir.
         self._attach(model, args)
         self._detach(model)
@@ -139,8 +139,7 @@ class FocusTrainer(Trainer):
     # -- the focusft attention and fast weights, only while the Trainer runs the model -------
     def _attach(self, model, args) -> None:
         if self._attached == 0:
-            self._attn_before = model.config._attn_implementation
-            attention.use_focusft_attention(model)
+            self._restore_attention = attention.use_focusft_attention(model)
             if args.bilevel:
                 if self.fast is None:
                     self.fast = make_fast_weights(model, args)
@@ -154,7 +153,7 @@ class FocusTrainer(Trainer):
             if self.fast is not None:
                 self.fast.strip()
                 self.bilevel.remove()
-            model.set_attn_implementation(self._attn_before)
+            self._restore_attention()
 
     @contextlib.contextmanager
     def _focus_mode(self):
