@@ -373,9 +373,20 @@ def aux_loss(model: nn.Module) -> AuxLoss | None:
         return None
     fn = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
     coef = getattr(model, "router_aux_loss_coef", None)
-    if fn is None or coef is None:
-        return None  # the model's forward adds no such term (e.g. DeepSeek-V3)
+    if fn is None or coef is None or _collector() is None:
+        # the model's forward adds no such term (e.g. DeepSeek-V3), or its router logits cannot
+        # be recorded here (then the self-check sees the model's own loss differ)
+        return None
     return AuxLoss(fn, float(coef), int(model.num_experts), int(model.num_experts_per_tok))
+
+
+def _collector():
+    """transformers' context variable behind its output recorders (None where it has none)."""
+    try:
+        from transformers.utils import output_capturing
+    except ImportError:
+        return None
+    return getattr(output_capturing, "_active_collector", None)
 
 
 @contextlib.contextmanager
@@ -385,21 +396,22 @@ def own_outputs(router_logits: bool):
     Yields the list the model's own recorders (transformers' ``OutputRecorder`` hooks) append
     router logits to when `router_logits`; otherwise nothing is recorded inside the block.
     """
-    from transformers.utils import output_capturing
-
+    collector = _collector()
     store = {"router_logits": []} if router_logits else {}
-    token = output_capturing._active_collector.set(store)
+    if collector is None:
+        yield store.get("router_logits", [])
+        return
+    token = collector.set(store)
     try:
         yield store.get("router_logits", [])
     finally:
-        output_capturing._active_collector.reset(token)
+        collector.reset(token)
 
 
 def recorded_router_logits() -> list[torch.Tensor]:
     """The router logits the running forward has recorded so far (detached)."""
-    from transformers.utils import output_capturing
-
-    store = output_capturing._active_collector.get() or {}
+    collector = _collector()
+    store = (collector.get() if collector is not None else None) or {}
     return [t.detach() for t in store.get("router_logits", [])]
 
 
