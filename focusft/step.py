@@ -31,7 +31,7 @@ is an assistant token, else -100 (built by the collator).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -204,6 +204,8 @@ def outer_logits(model, batch: dict, layout: AttentionLayout):
     # at every position.
     if aux is None:
         layout = layout.with_tail((labels != -100).cpu(), len(models.decoder_layers(model)) - 1)
+        if "sample_index" in batch:  # packed rows: the fast weights index the last layer's MLP
+            layout = replace(layout, tail_keep=None)  # by position, so it runs on every row
     out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,
                 logits_to_keep=keep, use_cache=False, **extra)
     aux_term = None if aux is None else aux.batch(out.router_logits, batch["attention_mask"])

@@ -23,7 +23,7 @@ def features():
 
 def run(batch, objective):
     model = tiny_qwen2(seed=4)
-    model.set_attn_implementation("focusft")
+    attention.use_focusft_attention(model)  # as the trainer does (last-layer rows included)
     fast = FastWeights(model, rank=4, alpha=8)
     bilevel = BilevelStep(model, fast, InnerConfig(steps=2, objective=objective))
     arm_inner(fast, bilevel, batch, seeds=[7, 8, 9, 10], objective=objective)
