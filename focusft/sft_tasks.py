@@ -129,12 +129,15 @@ def ruler_rows(tasks, lengths, n: int, seed: int, split: str, tokenizer: Any = N
     return make_chat_rows("ruler", tasks, lengths, n, seed, split, tokenizer, haystack)
 
 
+SENTENCE_NEW_TOKENS = 32  # generation budget of a one-sentence answer (the evaluation rows' field)
+
+
 def _row(suite, task, length, split, user, answer, target, question, metric, evidence) -> dict:
     return {"messages": [{"role": "user", "content": user},
                          {"role": "assistant", "content": answer}],
             "suite": suite, "task": task, "length": int(length), "split": split,
             "target": target, "question": question, "references": [target], "metric": metric,
-            "evidence": evidence}
+            "evidence": evidence, "answer_prefix": "", "max_new_tokens": SENTENCE_NEW_TOKENS}
 
 
 def score(row: dict, output: str) -> float:

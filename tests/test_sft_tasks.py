@@ -60,7 +60,7 @@ def sentence_answer_of(row):
 
 
 def test_ruler_rows_have_multi_token_answers(tokenizer):
-    rows = ruler_rows(["niah_single_1", "vt"], [512], 2, seed=0, split="train", tokenizer=tokenizer)
+    rows = ruler_rows(["niah_single_1", "vt"], [1024], 2, seed=0, split="train", tokenizer=tokenizer)
     for row in rows:
         answer = row["messages"][1]["content"]
         assert len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= 8
