@@ -1,9 +1,9 @@
 """Pretraining text for `focusft pretrain`: rows that open with a BOS token, mixed from segments.
 
-A row is ``[BOS] + segment + "\\n\\n" + segment + ...`` cut to exactly ``seq_len`` tokens; every
-row starts a fresh document, so position 0 is always the BOS token (``with_bos`` adds it to the
-embedded default tokenizer and to its chat template, so SFT rows built from the saved base's
-tokenizer open with it too). Segments, drawn with the recipe's weights:
+A row is ``[BOS] + segment + "\\n\\n" + segment + ...``, exactly ``seq_len`` tokens (see
+`token_rows`); every row starts a fresh document, so position 0 is always the BOS token
+(``with_bos`` adds it to the embedded default tokenizer and to its chat template, so SFT rows
+built from the saved base's tokenizer open with it too). Segments, drawn with the recipe's weights:
 
   book    consecutive sentences of the haystack books (BABILong's noise) or procedural prose
   babi    a train-split bAbI qa1-qa5 story's facts scattered through prose, then
@@ -19,12 +19,13 @@ tokenizer open with it too). Segments, drawn with the recipe's weights:
           "again" the next word repeats the word before the trigger. Only the word after a
           trigger needs attention; everywhere else attention can only add noise
 
-Why the mix (the "active-dormant head" mechanism): babi, ruler and copy segments need heads
-that retrieve one earlier token; on the plain prose around them such heads have nothing to do,
-and softmax attention must still put its mass somewhere: the always-present BOS token is the
-place that costs nothing, so heads learn to idle on it (an attention sink). ``bos=False``
-packs the same segments into a stream cut at arbitrary points (no fixed first token), the
-control that shows the BOS token matters.
+The hypothesis behind the mix (the "active-dormant head" mechanism): babi, ruler, copy and
+bigram segments need heads that retrieve one earlier token; on the plain prose around them such
+heads have nothing to do, and softmax attention must still put its mass somewhere: the
+always-present BOS token is the place that costs nothing, so heads would learn to idle on it
+(an attention sink). Measured: docs/sinks.md (at the training lengths tried there, no sinks).
+``bos=False`` packs the same segments into a stream cut at arbitrary points (no fixed first
+token): the control for the BOS token (recipe ``sparse-nobos``).
 """
 
 from __future__ import annotations
