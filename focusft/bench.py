@@ -51,7 +51,9 @@ from pathlib import Path
 
 METHODS = ("sft-causal", "sft-glm", "focusft")
 RESULT_TAG = "FOCUSFT_BENCH_RESULT "
-# Step seconds of the public reference code on this CPU kind (default model, fp32, batch 1).
+# Step seconds of the public reference code (default model, fp32, batch 1), measured once on
+# REFERENCE_CPU; on another CPU the ratios against them compare two machines.
+REFERENCE_CPU = "AMD EPYC, 2 CPUs"
 REFERENCE_SECONDS = {
     1024: {"sft-causal": 0.59, "sft-glm": 0.64, "focusft": 1.34},
     4096: {"sft-causal": 4.14, "sft-glm": 11.11, "focusft": 14.39},

@@ -147,7 +147,8 @@ def _mib(row, key: str = "peak_mem_bytes") -> str:
 
 
 def render_markdown(report: dict) -> str:
-    from ..bench import METHODS, REFERENCE_SECONDS, _cell, growth_exponents, is_reference_model
+    from ..bench import (METHODS, REFERENCE_CPU, REFERENCE_SECONDS, _cell, growth_exponents,
+                         is_reference_model)
 
     spec, mach, res = report["spec"], report["machine"], report["results"]
     model = spec["model"]
@@ -196,7 +197,10 @@ def render_markdown(report: dict) -> str:
             f"{_f(r['live_mem_focusft_over_causal'])} |")
     reference = is_reference_model(spec) and mach["device"] == "cpu"
     if reference:
-        lines += ["", "## Against the public reference code (same model, this CPU kind)", "",
+        same = mach["cpu"].split(",")[0] in REFERENCE_CPU
+        lines += ["", "## Against the public reference code (same model)", "",
+                  f"Reference seconds measured on {REFERENCE_CPU}; this run: {mach['cpu']}"
+                  + ("." if same else " (another CPU: these ratios compare two machines)."), "",
                   "| S | method | reference s | focusft s | focusft / reference |",
                   "|---:|---|---:|---:|---:|"]
         for s, ref in REFERENCE_SECONDS.items():
