@@ -80,22 +80,11 @@ def babi_prompt(task: str, context: str, question: str) -> tuple[str, int]:
 
 
 def distinct_babi(task: str, n: int, seed: int, split: str) -> list[BabiSample]:
-    """``n`` distinct bAbI samples of ``task`` whose content key belongs to ``split``."""
-    from .evaluation.babi import babi_stories
-    from .evaluation.chat import babi_key
-    from .evaluation.splits import in_split, split_seed
+    """``n`` distinct bAbI samples of ``task`` whose content key belongs to ``split`` (a story
+    stream of its own, apart from the evaluation rows')."""
+    from .evaluation.chat import distinct_babi as draw
 
-    stream = babi_stories(task, random.Random(split_seed(seed, split, "sft-babi", task)))
-    picked, seen = [], set()
-    for _ in range(200 * n + 1000):
-        if len(picked) == n:
-            return picked
-        sample = next(stream)
-        key = babi_key(sample)
-        if key not in seen and in_split(key, split):
-            seen.add(key)
-            picked.append(sample)
-    raise ValueError(f"{task}: only {len(picked)} distinct {split} samples; ask for fewer")
+    return draw(task, n, seed, split, stream="sft-babi")
 
 
 def babi_rows(tasks, lengths, n: int, seed: int, split: str, tokenizer: Any = None,

@@ -75,8 +75,11 @@ def _row(suite: str, task: str, length: int, split: str | None, user: str, answe
     }
 
 
-def _distinct_babi(task: str, n: int, seed: int, split: str | None) -> list[BabiSample]:
-    stream = babi_stories(task, random.Random(split_seed(seed, split, "babilong", task)))
+def distinct_babi(task: str, n: int, seed: int, split: str | None,
+                  stream: str = "babilong") -> list[BabiSample]:
+    """``n`` distinct bAbI samples of ``task`` whose content key belongs to ``split``, drawn from
+    the story stream seeded by (seed, split, stream, task)."""
+    stream = babi_stories(task, random.Random(split_seed(seed, split, stream, task)))
     picked, seen = [], set()
     for _ in range(_ATTEMPTS_PER_ROW * n + 1000):
         if len(picked) == n:
@@ -92,7 +95,7 @@ def _distinct_babi(task: str, n: int, seed: int, split: str | None) -> list[Babi
 
 def _babilong_rows(task, lengths, n, seed, split, counter, haystack, few_shot,
                    prompts) -> list[dict]:
-    samples = _distinct_babi(task, n, seed, split)
+    samples = distinct_babi(task, n, seed, split)
     rows = []
     for length in lengths:
         rng = random.Random(split_seed(seed, split, "babilong-noise", task, length))
