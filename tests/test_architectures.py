@@ -32,6 +32,7 @@ from focusft.fast_weights import FastWeights
 from focusft.inner import InnerConfig
 from focusft.masks import AttentionLayout
 from focusft.step import BilevelStep, InnerJob, context_targets, outer_loss, response_targets, token_samples
+from test_step import ref_sample_targets as ref_sample
 
 ROWS = [[(7, 0), (6, 1), (8, 0), (7, 1)], [(9, 0), (7, 1)]]  # (tokens, is_loss) runs; 28 / 16
 RANK, ALPHA, TOL = 4, 8.0, dict(rtol=2e-4, atol=2e-5)
@@ -101,14 +102,6 @@ def with_lora(model, factors):
     def hook(a, b):
         return lambda mod, inp, out: out + (ALPHA / RANK) * (inp[0] @ a.T) @ b.T
     return [m.register_forward_hook(hook(a, b)) for m, (a, b) in factors.items()]
-
-
-def ref_sample(batch, b, objective):
-    n = int(batch["attention_mask"][b].sum())
-    ids, lm = batch["input_ids"][b, :n], batch["loss_mask"][b, :n]
-    take = lm[1:] if objective == "response" else ~lm[1:]
-    pos = take.nonzero()[:, 0]
-    return ids, lm, n, pos, ids[pos + 1]
 
 
 def ref_sample_loss(model, ids, ok, fac, pos, tgt, aux, reduction="mean"):
