@@ -14,8 +14,9 @@ union over the batch of the needed positions (``AttentionLayout.tail_keep``), so
 
 Active only for a forward that passes a layout with a tail for that layer; otherwise (plain
 forward, generation, the context-objective inner loop under its own layout) the MLP is untouched.
-The MLP is the last layer's ``mlp`` submodule; not installed for mixture-of-experts models whose
-loss counts router statistics over all tokens (``config.output_router_logits`` exists).
+The MLP is the last layer's MLP block (`focusft.models.mlp_block`); not installed for
+mixture-of-experts models whose loss counts router statistics over all tokens
+(``config.output_router_logits`` exists).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class TailRows:
 
 def install(model: nn.Module) -> TailRows | None:
     """`TailRows` on `model`'s last decoder layer, or None where it does not apply."""
+    from . import models
     from .fast_weights import decoder_layers
 
     if hasattr(getattr(model, "config", None), "output_router_logits"):
@@ -82,8 +84,8 @@ def install(model: nn.Module) -> TailRows | None:
         layers = decoder_layers(model)
     except UserError:  # not a decoder with a layer list: nothing to restrict
         return None
-    mlp = getattr(layers[-1], "mlp", None) if len(layers) else None
-    if not isinstance(mlp, nn.Module):
+    mlp = models.mlp_block(layers[-1]) if len(layers) else None
+    if mlp is None:
         return None
     existing = getattr(model, "_focusft_tail_rows", None)
     if existing is not None:

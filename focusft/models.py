@@ -265,6 +265,12 @@ def _child(layer: nn.Module, names: tuple[str, ...]) -> tuple[str, nn.Module] | 
                 None)
 
 
+def mlp_block(layer: nn.Module) -> nn.Module | None:
+    """The MLP (feed-forward) block of a decoder layer, or None when it has none by a known name."""
+    found = _child(layer, MLP_NAMES)
+    return None if found is None else found[1]
+
+
 def default_targets(layer: nn.Module, layer_idx: int) -> list[tuple[str, nn.Module]]:
     """(name in layer, module) of the default fast-weight targets (see module docstring)."""
     mlp = _child(layer, MLP_NAMES)
