@@ -129,8 +129,9 @@ PRESETS = {
 }
 # --task long: per preset, what changes on top of the preset above (focusft.experiment_long).
 LONG_PRESETS = {
-    "full": dict(steps=120, batch_size=8, warmup_steps=12, diagnostics_steps=20,
-                 eval_samples=8, ruler_samples=4, pretrain_steps=3000),
+    # sized to the 90-minute budget on 2 CPU cores (measured: docs/results-long.md, Cost)
+    "full": dict(base="pretrain", steps=120, batch_size=8, warmup_steps=12, diagnostics_steps=20,
+                 eval_samples=8, ruler_samples=4, pretrain_steps=1000),
     "quick": dict(long_train_lengths=[0, 256], long_ruler_tasks=["niah_single_1"],
                   long_ruler_train_lengths=[512], long_train_samples=8, steps=6, batch_size=8,
                   warmup_steps=1, diagnostics_steps=3, tasks=["qa1", "qa2"],

@@ -74,6 +74,7 @@ RECIPES: dict[str, dict] = {
     "bigram": dict(mix={"book": 0.3, "babi": 0.15, "ruler": 0.05, "copy": 0.1, "repeat": 0.1,
                         "bigram": 0.3}),
     "bigram-heavy": dict(mix={"book": 0.15, "babi": 0.1, "copy": 0.1, "bigram": 0.65}),
+    "bigram-pure": dict(mix={"bigram": 1.0}),  # only Bigram-Backcopy: the active-dormant control
 }
 
 

@@ -15,9 +15,12 @@ built from the saved base's tokenizer open with it too). Segments, drawn with th
   repeat  a run of 8-32 random words, then the same run again (only an induction / copy head can
           predict the second run; on text without a repeat such a head has nothing to do)
   bigram  Bigram-Backcopy (Guo et al. 2024, the active-dormant paper): a walk on a fixed sparse
-          bigram table over 64 words (each word has 3 successors), where after the trigger word
-          "again" the next word repeats the word before the trigger. Only the word after a
-          trigger needs attention; everywhere else attention can only add noise
+          bigram table over 64 words that are one token each of the tokenizer (each word has 3
+          successors); 3 of the words are triggers, and after a trigger the next word repeats
+          the word before it. Only the word after a trigger needs attention (to the token
+          before the current one); everywhere else the current token alone predicts the next
+          one and attention can only add noise. One token per word matters: with words of
+          several tokens every position needs the tokens before it (measured: docs/sinks.md)
 
 The hypothesis behind the mix (the "active-dormant head" mechanism): babi, ruler, copy and
 bigram segments need heads that retrieve one earlier token; on the plain prose around them such
@@ -105,25 +108,29 @@ class Segments:
         text = _scatter(self._sentences(1, 6), facts, self.rng)
         return f"{text}\nWhat is the code of the {keys[i]}? {codes[i]}"
 
-
     def _bigram(self) -> str:
-        words, table = self._bigram_table()
-        word, out = self.rng.choice(words), []
-        for _ in range(self.rng.randint(30, 90)):
+        words, table, triggers = self._bigram_table()
+        before, word, out = None, self.rng.choice(words), []
+        for _ in range(self.rng.randint(60, 120)):
             out.append(word)
-            if self.rng.random() < 0.08:  # trigger: "again", then the word before it
-                out += ["again", word]
-            word = self.rng.choice(table[word])
-        return " ".join(out) + "."
+            after = before if word in triggers and before else self.rng.choice(table[word])
+            before, word = word, after
+        return " " + " ".join(out)  # the leading space keeps the first word one token too
 
     def _bigram_table(self):
+        """(64 one-token words, each word's 3 successors, the 3 trigger words): one table for
+        every seed (it is the "language"), drawn from the prose nouns the tokenizer keeps whole."""
         if not hasattr(self, "_table"):
             from .evaluation.haystack import prose_vocabulary
 
-            rng = random.Random(1234)  # one table for every seed: it is the "language"
-            words = rng.sample(prose_vocabulary()["n"], 64)
-            self._table = (words, {w: rng.sample(words, 3) for w in words})
+            whole = [w for w in prose_vocabulary()["n"] if self._one_token(w)]
+            rng = random.Random(1234)
+            words = rng.sample(whole, 64)
+            self._table = (words, {w: rng.sample(words, 3) for w in words}, set(words[:3]))
         return self._table
+
+    def _one_token(self, word: str) -> bool:
+        return len(self.tokenizer(" " + word, add_special_tokens=False)["input_ids"]) == 1
 
     def _repeat(self) -> str:
         from .evaluation.haystack import prose_vocabulary

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from focusft import default
 from focusft.errors import UserError
 from focusft.pretrain import RECIPES, pretrain, recipe_config
-from focusft.pretrain_data import BOS, token_rows, with_bos
+from focusft.pretrain_data import BOS, Segments, token_rows, with_bos
 from focusft.pretrain_sinks import first_token_ratio, uniform_share
 
 MIX = {"book": 1, "babi": 1, "ruler": 1, "copy": 1}
@@ -32,6 +32,23 @@ def test_rows_open_with_bos_and_are_seeded(tokenizer):
     assert all(bos not in next(stream) for _ in range(6))
     text = tokenizer.decode([t for r in first for t in r])
     assert "Question:" in text and "What is the code of the" in text
+
+
+def test_bigram_backcopy_is_one_token_words_and_copies_after_triggers(tokenizer):
+    segments = Segments(seed=5, haystack="procedural", tokenizer=tokenizer)
+    words, table, triggers = segments._bigram_table()
+    copies = 0
+    for _ in range(5):
+        text = segments.text("bigram")
+        walk = text.split()
+        assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) == len(walk)
+        for i in range(1, len(walk) - 1):  # one token per word (above), the first one too
+            if walk[i] in triggers:
+                assert walk[i + 1] == walk[i - 1]
+                copies += 1
+            else:
+                assert walk[i + 1] in table[walk[i]]
+    assert copies > 0 and len(words) == 64 and len(triggers) == 3
 
 
 def test_chat_template_writes_bos_first(tokenizer):
