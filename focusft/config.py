@@ -28,7 +28,6 @@ CHOICES = {
     "truncation": ("error", "left", "right"),
     "inner_clip_mode": ("tensor", "global"),
     "inner_objective": ("response", "context"),
-    "diagnostics_mask": ("causal", "glm"),
     "bnb_4bit_quant_type": ("nf4", "fp4"),
 }
 
@@ -130,8 +129,9 @@ class FocusConfig(TrainingArguments):
         "Probe batch size: the first N rows of --eval_data (else the embedded default's "
         "held-out rows, or the training rows of --data)."))
     diagnostics_mask: str = field(default="causal", metadata=_help(
-        "Mask the probe is measured under: causal (as the model is used at inference, the "
-        "same for every method) | glm (as FocuSFT trains)."))
+        "Mask(s) the probe is measured under, comma-separated: causal (as the model is used at "
+        "inference, the same for every method) | glm (as FocuSFT trains); e.g. glm,causal. "
+        "The first is logged as diag/*, the others as diag_<mask>/*."))
     # --- changed defaults of TrainingArguments ---------------------------------------------
     output_dir: str | None = field(default="runs/focusft", metadata=_help("Where checkpoints go."))
     learning_rate: float = field(default=1e-5, metadata=_help("Outer AdamW learning rate."))
@@ -144,10 +144,18 @@ class FocusConfig(TrainingArguments):
     logging_steps: float = field(default=10, metadata=_help("Log every N optimizer steps."))
     save_strategy: str = field(default="no", metadata=_help("no | steps | epoch (the final model is always saved)."))
 
+    @property
+    def diagnostics_masks(self) -> list[str]:
+        return [m.strip() for m in self.diagnostics_mask.split(",") if m.strip()]
+
     def __post_init__(self):
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {' | '.join(allowed)}, got {getattr(self, name)!r}")
+        masks = self.diagnostics_masks
+        if not masks or any(m not in ("causal", "glm") for m in masks) or len(set(masks)) < len(masks):
+            raise UserError("--diagnostics_mask must be causal, glm, or both comma-separated, got "
+                            f"{self.diagnostics_mask!r}")
         _check_range("max_length", self.max_length, low=2)
         _check_range("inner_steps", self.inner_steps, low=0)
         _check_range("fast_rank", self.fast_rank, low=1)

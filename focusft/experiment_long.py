@@ -141,7 +141,7 @@ def attention_table(final: dict) -> list[str]:
 
 def separation(table: dict, lengths: list[int], method: str, ref: str) -> list[str]:
     """Per length: method vs ref with their Wilson intervals; 'ahead' only if they do not overlap."""
-    from .experiment import wilson
+    from .experiment_report import wilson
 
     out = []
     for n in lengths:
@@ -185,8 +185,8 @@ def sink_table(pre: dict) -> list[str]:
 
 
 def write_markdown(summary: dict, path: Path) -> None:
-    from .experiment import (accuracy_table, cost_table, diagnostics_by_method,
-                             diagnostics_table, plot_accuracy, plot_diagnostics)
+    from .experiment_report import (accuracy_table, cost_table, diagnostics_by_method,
+                                    diagnostics_table, plot_accuracy, plot_diagnostics)
 
     cfg, pre = summary["config"], summary.get("pretrain") or {}
     label = f"long-{cfg['label']}"
@@ -198,6 +198,9 @@ def write_markdown(summary: dict, path: Path) -> None:
     diag_plot = Path("results") / f"attention_over_training_{label}.png"
     by_method = diagnostics_by_method(summary)
     plot_diagnostics(by_method, path.parent / diag_plot)
+    causal_plot = Path("results") / f"attention_over_training_causal_{label}.png"
+    by_method_causal = diagnostics_by_method(summary, "causal")
+    plot_diagnostics(by_method_causal, path.parent / causal_plot, "causal mask")
     lines = [f"# SFT vs FocuSFT on multi-token long-context tasks ({label} run)", ""]
     if cfg["label"] == "reduced":
         lines += ["> **This is a reduced run**: fewer seeds, steps, samples or tasks than the full "
@@ -238,6 +241,9 @@ def write_markdown(summary: dict, path: Path) -> None:
               "Over training (training callback, 8 validation probe rows at the longest training "
               "length, each method's training mask, mean over layers and seeds):", "",
               *diagnostics_table(by_method), "", f"![attention]({diag_plot.as_posix()})", "",
+              "The same probe rows over training under the causal mask (the same for every "
+              "method):", "", *diagnostics_table(by_method_causal), "",
+              f"![attention, causal mask]({causal_plot.as_posix()})", "",
               "At the end (base and final checkpoints, both masks):", "",
               *attention_table(summary["final_attention"]), "",
               "## Cost", "", *cost_table(summary), "",

@@ -234,8 +234,9 @@ def attach_diagnostics(trainer, tokenizer, rows, cfg: FocusConfig) -> None:
     probe = [rows[i] for i in range(min(cfg.diagnostics_samples, len(rows)))]
     source = cfg.eval_data or cfg.data or "embedded default (held-out rows)"
     batch = probe_batch(tokenizer, probe, source, tokenizer.pad_token_id)
-    DiagnosticsCallback(batch, cfg.diagnostics_steps, cfg.output_dir,
-                        mask=cfg.diagnostics_mask).attach(trainer)
+    for i, mask in enumerate(cfg.diagnostics_masks):  # one JSON line per (step, mask)
+        DiagnosticsCallback(batch, cfg.diagnostics_steps, cfg.output_dir, mask=mask,
+                            prefix="diag/" if i == 0 else f"diag_{mask}/").attach(trainer)
 
 
 def default_heldout_accuracy(model, tokenizer, cfg: FocusConfig) -> dict:

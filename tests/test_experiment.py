@@ -3,7 +3,8 @@
 import json
 
 from focusft.cli import main
-from focusft.experiment import METHODS, wilson
+from focusft.experiment import METHODS
+from focusft.experiment_report import wilson
 
 
 def test_wilson_interval():
@@ -27,8 +28,13 @@ def test_experiment_smoke_writes_report(tmp_path):
             assert method in summary["accuracy"][suite]
         assert {p["objective"] for p in summary["probes"][method]} == {"response", "context"}
         assert (out / "runs" / f"{method}-seed0" / "final" / "model.safetensors").is_file()
-        # diagnostics before the first step and after the only one
-        assert [r["step"] for r in summary["runs"][f"{method}|0"]["diagnostics"]] == [0, 1]
+        # diagnostics before the first step and after the only one, under the training mask
+        # and under causal
+        records = summary["runs"][f"{method}|0"]["diagnostics"]
+        masks = ["causal"] if method == "sft-causal" else ["glm", "causal"]
+        for mask in masks:
+            assert [r["step"] for r in records if r["mask"] == mask] == [0, 1]
+        assert len(records) == 2 * len(masks)
     assert "git commit" in text and "smoke" in text
     for suite in ("task", "babilong", "ruler"):
         rows = summary["accuracy"][suite].values()
@@ -50,11 +56,16 @@ def test_long_task_smoke_scores_both_masks(tmp_path):
     assert all(n[1] == 1 for row in rows.values() for n in row["counts"].values())
     assert set(summary["final_attention"]["focusft-context"]) == {"causal", "glm"}
     flags = summary["runs"]["focusft-context|0"]["flags"]
-    assert flags[flags.index("--diagnostics_mask") + 1] == "glm"
+    assert flags[flags.index("--diagnostics_mask") + 1] == "glm,causal"
+    masks = [r["mask"] for r in summary["runs"]["focusft-context|0"]["diagnostics"]]
+    assert masks.count("glm") == masks.count("causal") >= 2  # at the start and the end
+    causal_run = summary["runs"]["sft-causal|0"]
+    assert {r["mask"] for r in causal_run["diagnostics"]} == {"causal"}
     train = (out / "data" / "train.jsonl").read_text().splitlines()
     assert all("The most recent location of" in json.loads(r)["messages"][1]["content"] for r in train)
     text = report.read_text()
     assert "sft-causal [prefix]" in text and "first-token mass / uniform" in text
+    assert "under the causal mask (the same for every method)" in text
 
 
 def test_sweep_runs_on_first_seed_only():

@@ -56,10 +56,17 @@ def test_no_leak_warning_when_outer_tracks_base(caplog):
     (["--fast_layer_fraction", "0"], "--fast_layer_fraction"),
     (["--attention_kernel", "flex"], "--attention_kernel"),
     (["--truncation", "middle"], "--truncation"),
+    (["--diagnostics_mask", "glm,prefix"], "--diagnostics_mask"),
+    (["--diagnostics_mask", "glm,glm"], "--diagnostics_mask"),
 ])
 def test_bad_values_name_the_flag(flags, culprit):
     with pytest.raises(UserError, match=culprit):
         parse_config(["--output_dir", "x", *flags])
+
+
+def test_diagnostics_masks_are_a_comma_list():
+    assert parse_config(["--diagnostics_mask", "glm, causal"]).diagnostics_masks == ["glm", "causal"]
+    assert parse_config([]).diagnostics_masks == ["causal"]
 
 
 def test_yaml_config_with_flag_override(tmp_path):
