@@ -7,8 +7,9 @@ of most heads on the first token). A from-scratch tiny model has none, so FocuSF
 * data (`focusft.pretrain_data`): rows of ``seq_len`` tokens, each opening with a BOS token,
   mixed from book prose (the haystack books, or procedural prose), train-split bAbI stories
   with sentence answers, train-split RULER NIAH / VT / CWE prompts with answers, and sparse
-  key-value copy segments. The retrieval segments make heads that idle on plain text, which
-  is what sinks are made of (the active-dormant mechanism, see pretrain_data).
+  key-value copy segments. The hypothesis: retrieval segments make heads that idle on plain
+  text, which is what sinks are made of (the active-dormant mechanism, see pretrain_data);
+  measured on this 6-layer model, it does not hold past the first few hundred steps.
 * model: `default.build_default_model` (a tiny Qwen2) with the BOS token added to its vocabulary
   and to the chat template (`pretrain_data.with_bos`), plain causal attention.
 * loop: AdamW (decoupled weight decay on matrices only), linear warm-up then cosine decay,
