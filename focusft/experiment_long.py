@@ -139,20 +139,28 @@ def attention_table(final: dict) -> list[str]:
     return lines
 
 
-def separation(table: dict, lengths: list[int], method: str, ref: str) -> list[str]:
-    """Per length: method vs ref with their Wilson intervals; 'ahead' only if they do not overlap."""
+def verdict(table: dict, method: str, ref: str, n: int) -> tuple[float, str] | None:
+    """(method - ref in points, "ahead" | "behind" | "intervals overlap") at length n, by their
+    95% Wilson intervals; None when either row is missing.
+
+    >>> t = {"a": {"counts": {1: [9, 10]}}, "b": {"counts": {1: [1, 10]}}}
+    >>> verdict(t, "a", "b", 1)
+    (80.0, 'ahead')
+    """
     from .experiment_report import wilson
 
-    out = []
-    for n in lengths:
-        if method not in table or ref not in table:
-            continue
-        (c1, n1), (c2, n2) = table[method]["counts"][n], table[ref]["counts"][n]
-        a, b = wilson(round(c1), n1), wilson(round(c2), n2)
-        diff = 100 * (c1 / n1 - c2 / n2)
-        verdict = ("ahead" if a[0] > b[1] else "behind" if a[1] < b[0] else "intervals overlap")
-        out.append(f"{n}: {diff:+.1f} points ({verdict})")
-    return out
+    if method not in table or ref not in table:
+        return None
+    (c1, n1), (c2, n2) = table[method]["counts"][n], table[ref]["counts"][n]
+    a, b = wilson(round(c1), n1), wilson(round(c2), n2)
+    word = "ahead" if a[0] > b[1] else "behind" if a[1] < b[0] else "intervals overlap"
+    return round(100 * (c1 / n1 - c2 / n2), 1), word
+
+
+def separation(table: dict, lengths: list[int], method: str, ref: str) -> list[str]:
+    """Per length: method vs ref with their Wilson intervals; 'ahead' only if they do not overlap."""
+    cells = [(n, verdict(table, method, ref, n)) for n in lengths]
+    return [f"{n}: {v[0]:+.1f} points ({v[1]})" for n, v in cells if v]
 
 
 def reading(summary: dict) -> list[str]:
@@ -169,6 +177,37 @@ def reading(summary: dict) -> list[str]:
                     if cells:
                         lines.append(f"- {suite}, {method} [{mask}] vs {ref} [causal]: "
                                      + "; ".join(cells) + ".")
+    return lines
+
+
+def goal_check(summary: dict, by_method: dict) -> list[str]:
+    """The goal stated before the run, checked against the numbers: FocuSFT ahead of both SFT
+    baselines on held-out BABILong at >= 2 lengths with non-overlapping Wilson intervals; its
+    sink mass (first token) during training >= 10x below SFT-causal's and its context
+    engagement >= 2x above it (end of training, each method's training mask)."""
+    cfg, lines = summary["config"], []
+    table = summary["accuracy"].get("babilong", {})
+    for method in ("focusft", "focusft-context"):
+        for mask in cfg["inference_masks"]:
+            ahead = [n for n in cfg["long_eval_lengths"]
+                     if all((verdict(table, f"{method} [{mask}]", f"{ref} [causal]", n)
+                             or (0, ""))[1] == "ahead" for ref in ("sft-causal", "sft-glm"))]
+            met = "met" if len(ahead) >= 2 else "not met"
+            lines.append(f"- accuracy, {method} [{mask}] ahead of both SFT baselines at "
+                         f"{len(ahead)} length(s) {ahead or ''}: **{met}**.")
+    ref = by_method.get("sft-causal")
+    for method in ("focusft", "focusft-context"):
+        run = by_method.get(method)
+        if not run or not ref:
+            continue
+        end, ref_end = run[max(run)], ref[max(ref)]
+        sink = ref_end["sink_first"] / max(end["sink_first"], 1e-12)
+        engage = end["context"] / max(ref_end["context"], 1e-12)
+        lines.append(f"- attention, {method} at the end of training vs sft-causal: sink mass "
+                     f"{end['sink_first']:.4f} vs {ref_end['sink_first']:.4f} ({sink:.2f}x lower; "
+                     f"goal 10x: **{'met' if sink >= 10 else 'not met'}**), context engagement "
+                     f"{end['context']:.4f} vs {ref_end['context']:.4f} ({engage:.2f}x; goal 2x: "
+                     f"**{'met' if engage >= 2 else 'not met'}**).")
     return lines
 
 
@@ -247,6 +286,7 @@ def write_markdown(summary: dict, path: Path) -> None:
               "At the end (base and final checkpoints, both masks):", "",
               *attention_table(summary["final_attention"]), "",
               "## Cost", "", *cost_table(summary), "",
+              "## The goal stated before the run, checked", "", *goal_check(summary, by_method), "",
               "## Reading (computed from the tables above)", "", *reading(summary), ""]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines))

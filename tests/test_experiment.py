@@ -103,3 +103,24 @@ def test_overrides_mark_the_run_reduced():
     assert config_from_args(_args(quick=True, steps=3)).label == "quick"
     with pytest.raises(UserError, match="--steps"):
         config_from_args(_args(steps=0))
+
+
+def test_goal_check_reads_the_numbers():
+    from focusft.experiment_long import goal_check
+
+    def row(points):  # 10 samples per length
+        return {"counts": {n: [p, 10] for n, p in zip((1024, 2048), points)}, "per_seed": {}}
+
+    table = {"sft-causal [causal]": row([1, 1]), "sft-glm [causal]": row([2, 1]),
+             "focusft [causal]": row([9, 9]), "focusft-context [causal]": row([9, 3])}
+    summary = {"config": {"inference_masks": ["causal"], "long_eval_lengths": [1024, 2048]},
+               "accuracy": {"babilong": table}}
+    attention = {"sft-causal": {0: {"sink_first": 0.2, "context": 0.1}},
+                 "focusft": {0: {"sink_first": 0.2, "context": 0.1},
+                             9: {"sink_first": 0.01, "context": 0.3}},
+                 "focusft-context": {9: {"sink_first": 0.1, "context": 0.15}}}
+    lines = goal_check(summary, attention)
+    assert "focusft [causal] ahead of both SFT baselines at 2 length(s) [1024, 2048]: **met**" in lines[0]
+    assert "at 1 length(s) [1024]: **not met**" in lines[1]
+    assert "(20.00x lower; goal 10x: **met**)" in lines[2] and "(3.00x; goal 2x: **met**)" in lines[2]
+    assert "(2.00x lower; goal 10x: **not met**)" in lines[3] and "(1.50x; goal 2x: **not met**)" in lines[3]
