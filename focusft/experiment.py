@@ -475,8 +475,9 @@ def config_from_args(args) -> ExperimentConfig:
     preset = "smoke" if getattr(args, "smoke", False) else "quick" if args.quick else "full"
     cfg = replace(ExperimentConfig(), **PRESETS[preset])
     task = getattr(args, "task", None) or "locate"
-    if task == "long":
-        cfg = replace(cfg, task="long", **LONG_PRESETS[preset])
+    if task == "long":  # its own report, so it never overwrites the default task's
+        cfg = replace(cfg, task="long", report="docs/results-long.md", out="runs/experiment-long",
+                      **LONG_PRESETS[preset])
     updates = {"out": args.out, "report": args.report, "base": args.base,
                "haystack": getattr(args, "haystack", None)}
     if args.seeds:

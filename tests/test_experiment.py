@@ -98,6 +98,8 @@ def test_overrides_mark_the_run_reduced():
 
     full = config_from_args(_args(task="long"))
     assert full.label == "full" and full.task == "long" and full.sweep
+    assert full.report == "docs/results-long.md" and full.base == "pretrain"
+    assert config_from_args(_args()).report == "docs/results.md"
     reduced = config_from_args(_args(task="long", seeds="0", steps=5, no_sweep=True))
     assert (reduced.label, reduced.seeds, reduced.steps, reduced.sweep) == ("reduced", [0], 5, False)
     assert config_from_args(_args(quick=True, steps=3)).label == "quick"

@@ -28,8 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--eval_samples", type=int, default=None,
                    help="BABILong samples per task and length (the preset's otherwise)")
     p.add_argument("--no_sweep", action="store_true", help="--task long: skip the K / inner-lr sweep")
-    p.add_argument("--out", default=None, help="working directory (default runs/experiment)")
-    p.add_argument("--report", default=None, help="markdown report (default docs/results.md)")
+    p.add_argument("--out", default=None, help="working directory (default runs/experiment; --task long: runs/experiment-long)")
+    p.add_argument("--report", default=None, help="markdown report (default docs/results.md; --task long: docs/results-long.md)")
     p.set_defaults(func=run)
 
 
