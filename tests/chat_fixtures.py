@@ -143,3 +143,23 @@ def template_tokenizer(template: str) -> PreTrainedTokenizerFast:
                                   bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
     tok.add_special_tokens({"additional_special_tokens": specials})
     return tok
+
+
+# ---------------------------------------------------------------------------- model dirs
+
+def save_chat_model(path, tokenizer=None, seed: int = 0, layers: int = 4, hidden: int = 32,
+                    intermediate: int = 48, positions: int = 512):
+    """A seeded tiny Qwen2 for ``tokenizer`` (default: a fresh ChatML one), saved with it under
+    ``path`` (a model directory as `focusft train --model` takes it); returns the path."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = tokenizer or chatml_tokenizer()
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden,
+                         intermediate_size=intermediate, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=positions, pad_token_id=tokenizer.pad_token_id)
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -2,21 +2,13 @@
 
 import json
 
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from chat_fixtures import chatml_tokenizer
+from chat_fixtures import save_chat_model
 from focusft.cli import main
 
 
 def save_tiny(path):
-    tok = chatml_tokenizer()
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      pad_token_id=tok.pad_token_id)
-    Qwen2ForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
+    save_chat_model(path, layers=2, positions=4096)
     return path
 
 

@@ -9,12 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from huggingface_hub.utils import filter_repo_objects
-from transformers import Qwen2Config, Qwen2ForCausalLM, Trainer
+from transformers import Trainer
 
-from chat_fixtures import chatml_tokenizer
+from chat_fixtures import save_chat_model
 from focusft import model_card as card_module
 from focusft.cli import main
 from focusft.config import parse_config
@@ -26,13 +25,7 @@ ROWS = [{"messages": [{"role": "user", "content": f"The cat sat on mat number {i
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("hub")
-    tok = chatml_tokenizer()
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48,
-                                 num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                                 max_position_embeddings=512, pad_token_id=tok.pad_token_id)
-                     ).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    save_chat_model(root / "model")
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return root
 

@@ -13,9 +13,8 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from chat_fixtures import chatml_tokenizer
+from chat_fixtures import chatml_tokenizer, save_chat_model
 from focusft import attention  # noqa: F401
 from focusft.cli import main
 from focusft.fast_weights import FastWeights
@@ -56,13 +55,7 @@ def test_fast_weights_on_a_lora_layer_equal_fast_weights_on_the_merged_linear():
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("peft")
-    tok = chatml_tokenizer()
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id)
-    Qwen2ForCausalLM(cfg).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    save_chat_model(root / "model", hidden=64, intermediate=128)
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return root
 

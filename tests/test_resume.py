@@ -15,9 +15,8 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from chat_fixtures import chatml_tokenizer
+from chat_fixtures import save_chat_model
 from focusft import faults
 from focusft.cli import main
 
@@ -26,24 +25,10 @@ ROWS = [{"messages": [{"role": "user", "content": f"The cat sat on mat number {i
 KEYS = ("loss", "grad_norm", "learning_rate", "inner_loss_1", "inner_loss_2", "outer_loss", "epoch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is ~50x faster than two on a shared, busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    tok = chatml_tokenizer()
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id)
-    Qwen2ForCausalLM(cfg).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    save_chat_model(root / "model")
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return root
 

@@ -20,14 +20,6 @@ OK = {"messages": [{"role": "user", "content": "Where is the cat?"},
                    {"role": "assistant", "content": "On the mat."}]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is ~50x faster than two on a shared, busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from chat_fixtures import chatml_tokenizer
+from chat_fixtures import save_chat_model
 from focusft.cli import main
 
 ROWS = [
@@ -20,13 +20,7 @@ ROWS = [
 
 @pytest.fixture
 def tiny_dir(tmp_path):
-    tok = chatml_tokenizer()
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      pad_token_id=tok.pad_token_id)
-    Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
+    save_chat_model(tmp_path / "model")
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return tmp_path
