@@ -214,7 +214,9 @@ def train_flags(cfg: ExperimentConfig, method: str, seed: int, data: str, probe:
             "--diagnostics_mask", masks,
             "--max_length", str(max_length), "--truncation", "error",
             "--max_steps", str(cfg.steps), "--per_device_train_batch_size", str(cfg.batch_size),
-            "--train_sampling_strategy", "sequential",
+            # the default task is a curriculum (in order); otherwise each seed draws its own
+            # order, so seeds differ even from one pretrained base
+            "--train_sampling_strategy", "sequential" if cfg.task == "locate" else "random",
             "--learning_rate", str(cfg.learning_rate), "--lr_scheduler_type", "cosine",
             "--warmup_steps", str(cfg.warmup_steps), "--weight_decay", "0.01",
             "--max_grad_norm", "1.0", "--logging_steps", str(max(1, cfg.steps // 10)),

@@ -57,6 +57,7 @@ def test_long_task_smoke_scores_both_masks(tmp_path):
     assert set(summary["final_attention"]["focusft-context"]) == {"causal", "glm"}
     flags = summary["runs"]["focusft-context|0"]["flags"]
     assert flags[flags.index("--diagnostics_mask") + 1] == "glm,causal"
+    assert flags[flags.index("--train_sampling_strategy") + 1] == "random"
     masks = [r["mask"] for r in summary["runs"]["focusft-context|0"]["diagnostics"]]
     assert masks.count("glm") == masks.count("causal") >= 2  # at the start and the end
     causal_run = summary["runs"]["sft-causal|0"]
