@@ -204,9 +204,10 @@ def goal_check(summary: dict, by_method: dict) -> list[str]:
         sink = ref_end["sink_first"] / max(end["sink_first"], 1e-12)
         engage = end["context"] / max(ref_end["context"], 1e-12)
         lines.append(f"- attention, {method} at the end of training vs sft-causal: sink mass "
-                     f"{end['sink_first']:.4f} vs {ref_end['sink_first']:.4f} ({sink:.2f}x lower; "
-                     f"goal 10x: **{'met' if sink >= 10 else 'not met'}**), context engagement "
-                     f"{end['context']:.4f} vs {ref_end['context']:.4f} ({engage:.2f}x; goal 2x: "
+                     f"{end['sink_first']:.4f} vs {ref_end['sink_first']:.4f} (sft-causal / "
+                     f"{method} = {sink:.2f}, goal >= 10: **{'met' if sink >= 10 else 'not met'}**), "
+                     f"context engagement {end['context']:.4f} vs {ref_end['context']:.4f} "
+                     f"({method} / sft-causal = {engage:.2f}, goal >= 2: "
                      f"**{'met' if engage >= 2 else 'not met'}**).")
     return lines
 

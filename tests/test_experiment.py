@@ -125,5 +125,5 @@ def test_goal_check_reads_the_numbers():
     lines = goal_check(summary, attention)
     assert "focusft [causal] ahead of both SFT baselines at 2 length(s) [1024, 2048]: **met**" in lines[0]
     assert "at 1 length(s) [1024]: **not met**" in lines[1]
-    assert "(20.00x lower; goal 10x: **met**)" in lines[2] and "(3.00x; goal 2x: **met**)" in lines[2]
-    assert "(2.00x lower; goal 10x: **not met**)" in lines[3] and "(1.50x; goal 2x: **not met**)" in lines[3]
+    assert "= 20.00, goal >= 10: **met**" in lines[2] and "= 3.00, goal >= 2: **met**" in lines[2]
+    assert "= 2.00, goal >= 10: **not met**" in lines[3] and "= 1.50, goal >= 2: **not met**" in lines[3]
