@@ -157,6 +157,11 @@ def verdict(table: dict, method: str, ref: str, n: int) -> tuple[float, str] | N
     return round(100 * (c1 / n1 - c2 / n2), 1), word
 
 
+def _is_ahead(table: dict, method: str, ref: str, n: int) -> bool:
+    v = verdict(table, method, ref, n)
+    return v is not None and v[1] == "ahead"
+
+
 def separation(table: dict, lengths: list[int], method: str, ref: str) -> list[str]:
     """Per length: method vs ref with their Wilson intervals; 'ahead' only if they do not overlap."""
     cells = [(n, verdict(table, method, ref, n)) for n in lengths]
@@ -190,8 +195,8 @@ def goal_check(summary: dict, by_method: dict) -> list[str]:
     for method in ("focusft", "focusft-context"):
         for mask in cfg["inference_masks"]:
             ahead = [n for n in cfg["long_eval_lengths"]
-                     if all((verdict(table, f"{method} [{mask}]", f"{ref} [causal]", n)
-                             or (0, ""))[1] == "ahead" for ref in ("sft-causal", "sft-glm"))]
+                     if all(_is_ahead(table, f"{method} [{mask}]", f"{ref} [causal]", n)
+                            for ref in ("sft-causal", "sft-glm"))]
             met = "met" if len(ahead) >= 2 else "not met"
             lines.append(f"- accuracy, {method} [{mask}] ahead of both SFT baselines at "
                          f"{len(ahead)} length(s) {ahead or ''}: **{met}**.")
