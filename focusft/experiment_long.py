@@ -66,7 +66,7 @@ def write_data(cfg, tokenizer) -> tuple[str, str, int]:
     return str(out / "train.jsonl"), str(out / "probe.jsonl"), longest
 
 
-def test_rows(cfg, tokenizer) -> dict[str, list[dict]]:
+def heldout_rows(cfg, tokenizer) -> dict[str, list[dict]]:
     from .pretrain import resolve_haystack
     from .sft_tasks import babi_rows, ruler_rows
 
@@ -89,7 +89,7 @@ def evaluate(cfg, base: str, runs: dict, log) -> dict:
     suites = None
     for name, seed, path in _models(base, runs):
         model, tokenizer = load_checkpoint(path)
-        suites = suites or test_rows(cfg, tokenizer)  # one tokenizer for every model here
+        suites = suites or heldout_rows(cfg, tokenizer)  # one tokenizer for every model here
         for suite, rows in suites.items():
             spec = EvalSpec(suite=suite, batch_size=8)
             sweep = name not in METHODS and name != BASE  # sweep points: causal inference only
