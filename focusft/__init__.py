@@ -11,11 +11,11 @@ __all__ = ["FocusConfig", "FocusTrainer"]
 
 def __getattr__(name):
     if name == "FocusTrainer":
-        from .trainer import FocusTrainer
+        from focusft.training.trainer import FocusTrainer
 
         return FocusTrainer
     if name == "FocusConfig":
-        from .config import FocusConfig
+        from focusft.training.config import FocusConfig
 
         return FocusConfig
     raise AttributeError(f"module 'focusft' has no attribute {name!r}")

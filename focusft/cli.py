@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from focusft.errors import UserError
 
 COMMANDS = {
     "train": "focusft.commands.train",
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"focusft {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # faults.TrainingFault: interrupted / non-finite loss (exit 130, 143, 3)
-        faults = sys.modules.get("focusft.faults")  # loaded by any run that can raise one
+        faults = sys.modules.get("focusft.training.faults")  # loaded by any run that can raise one
         if faults is None or not isinstance(err, faults.TrainingFault):
             raise
         print(f"focusft {args.command}: {err}", file=sys.stderr)

@@ -138,7 +138,7 @@ def cases(names):
 
 def supported_table() -> str:
     """README's 'Supported models' table: one row per tested configuration of the matrix."""
-    from focusft import models
+    from focusft.core import models
 
     lines = ["| family (`model_type`) | tested configuration | focusft | default fast-weight targets |",
              "|---|---|---|---|"]

@@ -66,10 +66,10 @@ def main(argv=None) -> int:
     import datasets
     from transformers import TrainerCallback
 
-    from focusft.config import parse_config
-    from focusft.data import Collator, tokenize_rows
-    from focusft.train_run import load_model_and_tokenizer
-    from focusft.trainer import FocusTrainer
+    from focusft.training.config import parse_config
+    from focusft.data.pipeline import Collator, tokenize_rows
+    from focusft.training.loading import load_model_and_tokenizer
+    from focusft.training.trainer import FocusTrainer
 
     cfg = parse_config([
         "--model", a.model, "--output_dir", os.path.join(a.out, "run"), "--max_steps", "1",

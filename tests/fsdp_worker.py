@@ -23,12 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from tiny import make_batch, tiny_qwen2  # noqa: E402
 
-from focusft.fast_weights import decoder_layers  # noqa: E402
-from focusft.masks import AttentionLayout  # noqa: E402
-from focusft.step import InnerJob, outer_loss, response_targets  # noqa: E402
-from focusft.trainer import attach_fast_weights, sample_seed  # noqa: E402
-from focusft.config import FocusConfig  # noqa: E402
-from focusft import attention  # noqa: E402
+from focusft.core.fast_weights import decoder_layers  # noqa: E402
+from focusft.core.masks import AttentionLayout  # noqa: E402
+from focusft.core.step import InnerJob, outer_loss, response_targets  # noqa: E402
+from focusft.training.trainer import attach_fast_weights, sample_seed  # noqa: E402
+from focusft.training.config import FocusConfig  # noqa: E402
+from focusft.core import attention  # noqa: E402
 
 ROWS = [[(5, 0), (3, 1), (4, 0), (2, 1)], [(9, 0), (6, 1)], [(3, 0), (2, 1), (2, 0), (7, 1)],
         [(6, 0), (4, 1)]]

@@ -28,7 +28,7 @@ def test_python_api_example_runs(tmp_path, monkeypatch, capsys):
 
 def test_defaults_table_matches_sftconfig():
     trl = pytest.importorskip("trl")
-    from focusft.config import FocusConfig
+    from focusft.training.config import FocusConfig
 
     sft, ours = trl.SFTConfig(output_dir="x", bf16=False), FocusConfig(output_dir="x")
     value = lambda v: v.value if isinstance(v, enum.Enum) else v  # noqa: E731

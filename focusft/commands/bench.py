@@ -4,7 +4,7 @@
     focusft bench --tiny --out runs/bench           # seconds: the CI smoke test
 
 Writes ``OUT/benchmark.json`` (every measurement, the resolved settings, the machine, the load)
-and ``OUT/benchmark.md`` (the tables). What is measured and how: `focusft.bench`.
+and ``OUT/benchmark.md`` (the tables). What is measured and how: `focusft.experiments.bench`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import shlex
 from dataclasses import asdict
 from pathlib import Path
 
-from ..errors import UserError
+from focusft.errors import UserError
 
 
 def register(subparsers) -> None:
@@ -67,7 +67,7 @@ def register(subparsers) -> None:
 
 
 def spec_from_args(args):
-    from ..bench import BenchSpec, ModelSpec, TINY_MODEL, parse_length
+    from focusft.experiments.bench import BenchSpec, ModelSpec, TINY_MODEL, parse_length
 
     base = TINY_MODEL if args.tiny else ModelSpec()
     given = {"layers": args.layers, "hidden": args.hidden, "heads": args.heads,
@@ -113,7 +113,8 @@ def _csv(text: str) -> list[str]:
 
 
 def run(args) -> int:
-    from ..bench import resolve_device, run_benchmark
+    from focusft.experiments.bench import resolve_device
+    from focusft.experiments.bench_sweep import run_benchmark
 
     spec = spec_from_args(args)
     if spec.device == "cuda" and resolve_device("auto") != "cuda":
@@ -147,8 +148,8 @@ def _mib(row, key: str = "peak_mem_bytes") -> str:
 
 
 def render_markdown(report: dict) -> str:
-    from ..bench import (METHODS, REFERENCE_CPU, REFERENCE_SECONDS, _cell, growth_exponents,
-                         is_reference_model)
+    from focusft.experiments.bench import METHODS, REFERENCE_CPU, REFERENCE_SECONDS
+    from focusft.experiments.bench_sweep import _cell, growth_exponents, is_reference_model
 
     spec, mach, res = report["spec"], report["machine"], report["results"]
     model = spec["model"]
@@ -257,7 +258,7 @@ def _ratio(a, b):
 
 
 def _sec(results, method, seq_len) -> str:
-    from ..bench import _cell
+    from focusft.experiments.bench_sweep import _cell
 
     row = _cell(results, method, seq_len)
     if row is not None:

@@ -5,15 +5,15 @@
     focusft data default --lengths 256,512 --samples 64 --split test --out probe.jsonl
     focusft data inspect --data train.jsonl --model DIR --rows 3 --json mask.json
 
-``inspect`` shows what training would train, token by token (``focusft.data_inspect``).
+``inspect`` shows what training would train, token by token (``focusft.data.inspection``).
 
 ``default`` is the embedded default's task (one fact hidden in procedural prose, "Where is X?";
-``focusft.default``), with ``--samples`` rows per length and evidence spans; its splits are
+``focusft.sources.default``), with ``--samples`` rows per length and evidence spans; its splits are
 seeded apart from the rows `focusft train` trains on.
 
 Rows are those of ``focusft.evaluation.chat.make_chat_rows``; ``--samples`` is per task and
 length. Lengths are counted in ``--tokenizer``: a local tokenizer directory, or ``default`` for
-the project's default model tokenizer (``focusft.default.load_default_tokenizer()``). The file is written atomically: to a temporary
+the project's default model tokenizer (``focusft.sources.default.load_default_tokenizer()``). The file is written atomically: to a temporary
 file in the same directory, then renamed over ``--out``.
 """
 
@@ -25,7 +25,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import UserError
+from focusft.errors import UserError
 
 FORMATS = (".parquet", ".jsonl")
 
@@ -74,7 +74,7 @@ def _csv(text: str) -> list[str]:
 def load_tokenizer(spec: str):
     """A tokenizer for length counting (see module docstring)."""
     if spec == "default":
-        from ..default import load_default_tokenizer
+        from focusft.sources.default import load_default_tokenizer
 
         return load_default_tokenizer()
     from transformers import AutoTokenizer
@@ -107,11 +107,11 @@ def write_rows(rows: list[dict], out: Path) -> None:
 
 
 def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
-    from ..evaluation.chat import BABILONG_TASKS
-    from ..evaluation.ruler import RULER_TASKS
-    from ..evaluation.tokens import parse_length
+    from focusft.evaluation.chat import BABILONG_TASKS
+    from focusft.evaluation.ruler import RULER_TASKS
+    from focusft.evaluation.tokens import parse_length
 
-    from ..evaluation.agentic import AGENTIC_TASKS
+    from focusft.evaluation.agentic import AGENTIC_TASKS
 
     known = {"babilong": BABILONG_TASKS, "ruler": RULER_TASKS, "default": ("locate",),
              "agentic": AGENTIC_TASKS}[args.suite]
@@ -139,12 +139,12 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.chat import make_chat_rows
-    from ..evaluation.haystack import make_haystack
-    from ..evaluation.lm_eval_tasks import LmEvalUnavailable
+    from focusft.evaluation.chat import make_chat_rows
+    from focusft.evaluation.haystack import make_haystack
+    from focusft.evaluation.lm_eval_tasks import LmEvalUnavailable
 
     if args.suite == "inspect":
-        from ..data_inspect import run as inspect
+        from focusft.data.inspection import run as inspect
 
         return inspect(args)
     tasks, lengths, out = _check(args)
@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = load_tokenizer(args.tokenizer)
     try:
         if args.suite == "agentic":
-            from ..evaluation.agentic import agentic_rows
+            from focusft.evaluation.agentic import agentic_rows
 
             rows = agentic_rows(tasks, lengths, args.samples, args.seed, args.split, tokenizer,
                                 haystack)
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def default_task_rows(args: argparse.Namespace, lengths: list[int]) -> list[dict]:
-    from .. import default
+    from focusft.sources import default
 
     tokenizer = load_tokenizer(args.tokenizer)
     split = {"validation": "eval"}.get(args.split, args.split)

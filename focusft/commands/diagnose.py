@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..errors import UserError
+from focusft.errors import UserError
 
 MASK_CHOICES = {"glm": ["glm"], "causal": ["causal"], "both": ["glm", "causal"]}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -44,8 +44,15 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     _check_flags(args)
-    from ..data import load_rows
-    from ..diagnostics.report import markdown_table, plot_layers, plot_strip, to_json, write_json, write_text
+    from focusft.data.pipeline import load_rows
+    from focusft.diagnostics.report import (
+        markdown_table,
+        plot_layers,
+        plot_strip,
+        to_json,
+        write_json,
+        write_text,
+    )
 
     rows = load_rows(args.data)
     rows = [rows[i] for i in range(min(args.samples, len(rows)))]
@@ -73,7 +80,7 @@ def _check_flags(args) -> None:
             raise UserError(f"{flag} is {value}; expected an integer >= 1")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise UserError(f"--chunk_size is {args.chunk_size}; expected an integer >= 1")
-    from ..model_dir import check_model_dir
+    from focusft.sources.model_dir import check_model_dir
 
     for path in args.model:
         if not os.path.isdir(path):
@@ -106,7 +113,7 @@ def _load(path: str, args):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..model_dir import check_model_dir, check_vocab_fits, load_tokenizer
+    from focusft.sources.model_dir import check_model_dir, check_vocab_fits, load_tokenizer
 
     check_model_dir(path, "--model")
     tokenizer = load_tokenizer(path, "--model")
@@ -122,13 +129,13 @@ def _load(path: str, args):
 
 def _measure_model(path: str, rows: list[dict], masks: list[str], args):
     """{mask: Diagnostics} over the rows, one row per forward (no padding, bounded memory)."""
-    from ..diagnostics import Diagnostics, measure
-    from ..diagnostics.evidence import render_sample
+    from focusft.diagnostics import Diagnostics, measure
+    from focusft.diagnostics.evidence import render_sample
 
     tokenizer, model = _load(path, args)
     if "glm" in masks:  # measured under the training mask: focusft's attention path
-        from .. import models
-        from ..selfcheck import check_attention
+        from focusft.core import models
+        from focusft.core.selfcheck import check_attention
 
         models.prepare(model)  # layers that drop layout= get it passed on, as in training
         check_attention(model, "glm", where=f"--model {path}: ")

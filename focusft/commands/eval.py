@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import UserError
+from focusft.errors import UserError
 
 
 def _csv(text: str) -> list[str]:
@@ -46,12 +46,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..eval_runner import EvalSpec, evaluate, markdown_table, write_report
-    from ..eval_runner import DEFAULT_LENGTHS
-    from ..evaluation.agentic import AGENTIC_TASKS
-    from ..evaluation.chat import BABILONG_TASKS
-    from ..evaluation.haystack import make_haystack
-    from ..evaluation.ruler import RULER_TASKS
+    from focusft.evaluation.runner import EvalSpec, evaluate, markdown_table, write_report
+    from focusft.evaluation.runner import DEFAULT_LENGTHS
+    from focusft.evaluation.agentic import AGENTIC_TASKS
+    from focusft.evaluation.chat import BABILONG_TASKS
+    from focusft.evaluation.haystack import make_haystack
+    from focusft.evaluation.ruler import RULER_TASKS
 
     if args.samples < 1 or args.batch_size < 1:
         raise UserError("--samples and --batch_size must be at least 1")

@@ -1,6 +1,6 @@
 """`focusft experiment`: SFT-causal, SFT-GLM, FocuSFT (+ context-objective ablation) from one base.
 
-See focusft.experiment for the pipeline; writes out/experiment.json and docs/results.md.
+See focusft.experiments.experiment for the pipeline; writes out/experiment.json and docs/results.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..experiment import command_line, config_from_args, run_experiment
+    from focusft.experiments.experiment import command_line, run_experiment
+    from focusft.experiments.plan import config_from_args
 
     cfg = config_from_args(args)
     summary = run_experiment(cfg, command_line())

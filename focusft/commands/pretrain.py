@@ -1,5 +1,5 @@
 """`focusft pretrain`: next-token pretraining of the embedded default model in a named recipe
-(see focusft.pretrain; the recipes and their measured attention sinks: docs/sinks.md)."""
+(see focusft.experiments.pretrain; the recipes and their measured attention sinks: docs/sinks.md)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 
 def register(subparsers) -> None:
-    from ..pretrain import RECIPES
+    from focusft.experiments.pretrain import RECIPES
 
     p = subparsers.add_parser("pretrain", help="pretrain the tiny default model (BOS, books, bAbI, "
                               "RULER, sparse copy); measures attention sinks", description=__doc__)
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..pretrain import pretrain, recipe_config
+    from focusft.experiments.pretrain import pretrain, recipe_config
 
     cfg = recipe_config(args.recipe, args.output_dir, steps=args.steps, seq_len=args.seq_len,
                         batch_size=args.batch_size, learning_rate=args.learning_rate,

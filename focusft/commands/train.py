@@ -1,7 +1,7 @@
 """`focusft train`: train with FocuSFT (or plain SFT) from a YAML config and/or flags.
 
 With no arguments it trains the embedded default (a tiny Qwen2, a locally trained tokenizer and
-generated long-context QA data; see `focusft.default`) with the packaged `tiny_default.yaml`,
+generated long-context QA data; see `focusft.sources.default`) with the packaged `tiny_default.yaml`,
 prints the held-out accuracy and where the checkpoint is.
 """
 
@@ -13,7 +13,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..errors import UserError
+from focusft.errors import UserError
 
 logger = logging.getLogger("focusft")
 
@@ -21,7 +21,7 @@ logger = logging.getLogger("focusft")
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", add_help=False, help="train with FocuSFT or SFT (see `focusft train --help`)",
-        description="Flags are the fields of focusft.config.FocusConfig; --config FILE.yaml first.")
+        description="Flags are the fields of focusft.training.config.FocusConfig; --config FILE.yaml first.")
     parser.set_defaults(func=run, passthrough=True)
 
 
@@ -30,8 +30,8 @@ def packaged_config(name: str) -> str:
 
 
 def run(args) -> int:
-    from ..config import parse_config
-    from ..train_run import train
+    from focusft.training.config import parse_config
+    from focusft.training.run import train
 
     flags = list(args.flags)
     if "--config" not in flags and "--model" not in flags and not _wants_help(flags):

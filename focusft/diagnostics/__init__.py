@@ -6,7 +6,7 @@ attention on sinks (the first tokens) instead of the long context. These metrics
 Definitions (one sample, one layer l; docs/diagnostics.md has the full text)
 ---------------------------------------------------------------------------
 * Queries R: the response tokens, positions q with loss_mask[q] = 1 (real tokens only).
-* Keys of q: K(q) = [lo(q), hi(q)) under the chosen layout (`focusft.masks.AttentionLayout`):
+* Keys of q: K(q) = [lo(q), hi(q)) under the chosen layout (`focusft.core.masks.AttentionLayout`):
   GLM turn blocks (as FocuSFT trains) or plain causal. lo(q) is the start of q's sample.
 * Weights: a_lh(q, k) = softmax_{k in K(q)} (scale * <Q_lh(q), K_l,g(h)(k)>), with the layer's
   post-RoPE queries and keys, g(h) = h // (H / Hkv) for GQA; then the head mean
@@ -42,12 +42,21 @@ API
 ``MassCollector`` / ``probing(model)``: the pieces of `measure`, for custom forwards.
 ``render_sample(tokenizer, row, where)``: a chat row -> ids, loss mask, evidence token mask.
 ``DiagnosticsCallback(probe_batch, every_n_steps, out_path).attach(trainer)``: over training.
+
+Layer 5: imports `focusft.data`, `focusft.core` and `focusft.errors`.
 """
 
-from .callback import DiagnosticsCallback
-from .evidence import RenderedSample, render_sample
-from .mass import KEY_CLASSES, METRICS, Diagnostics, MassCollector, head_mean_weights, key_classes
-from .probe import PROBE, batch_layout, measure, probe_attention, probing
+from focusft.diagnostics.callback import DiagnosticsCallback
+from focusft.diagnostics.evidence import RenderedSample, render_sample
+from focusft.diagnostics.mass import (
+    KEY_CLASSES,
+    METRICS,
+    Diagnostics,
+    MassCollector,
+    head_mean_weights,
+    key_classes,
+)
+from focusft.diagnostics.probe import PROBE, batch_layout, measure, probe_attention, probing
 
 __all__ = [
     "DiagnosticsCallback", "RenderedSample", "render_sample", "KEY_CLASSES", "METRICS",

@@ -27,7 +27,7 @@ import os
 import torch
 from transformers import TrainerCallback
 
-from .probe import measure
+from focusft.diagnostics.probe import measure
 
 
 class DiagnosticsCallback(TrainerCallback):

@@ -2,7 +2,7 @@
 
 A row's ``evidence`` is a list of character spans ``[a, b)`` inside the content of its first
 user message. The conversation is rendered with the chat template exactly as training renders
-it (`focusft.data.tokenize_conversation`); the user content is located in the rendering R at
+it (`focusft.data.pipeline.tokenize_conversation`); the user content is located in the rendering R at
 char offset o, so span [a, b) is [o + a, o + b) in R. With token offsets (s_t, e_t) of R:
 
     evidence[t] = 1  iff  [s_t, e_t) overlaps some [o + a, o + b)   (s_t < o + b and e_t > o + a)
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..data import normalize_row, row_and_where, tokenize_conversation
-from ..errors import UserError
+from focusft.data.pipeline import normalize_row, row_and_where, tokenize_conversation
+from focusft.errors import UserError
 
 
 @dataclass
@@ -31,7 +31,7 @@ class RenderedSample:
     evidence: list[int] | None
 
     def batch(self) -> dict[str, torch.Tensor]:
-        """A one-row batch in the `focusft.data.Collator` layout (no padding needed)."""
+        """A one-row batch in the `focusft.data.pipeline.Collator` layout (no padding needed)."""
         n = len(self.input_ids)
         out = {"input_ids": torch.tensor([self.input_ids]),
                "attention_mask": torch.ones(1, n, dtype=torch.long),
@@ -43,7 +43,7 @@ class RenderedSample:
 
 def render_sample(tokenizer: Any, row: dict, where: str) -> RenderedSample:
     """Tokenize `row` like training does and map its evidence char spans onto tokens."""
-    row, where = row_and_where(row, where)  # rows of focusft.data.load_rows carry their location
+    row, where = row_and_where(row, where)  # rows of focusft.data.pipeline.load_rows carry their location
     messages, tools = normalize_row(row, where)
     ids, loss_mask = tokenize_conversation(tokenizer, messages, tools, where)
     spans = row.get("evidence")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..masks import AttentionLayout
+from focusft.core.masks import AttentionLayout
 
 # Columns of the key-class matrix. A key's class depends only on the key (and the start of its
 # sample, lo), never on the query, because every key a query may see lies in the query's sample.

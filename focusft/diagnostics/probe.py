@@ -17,9 +17,9 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ..attention import focusft_attention
-from ..masks import AttentionLayout
-from .mass import Diagnostics, MassCollector
+from focusft.core.attention import focusft_attention
+from focusft.core.masks import AttentionLayout
+from focusft.diagnostics.mass import Diagnostics, MassCollector
 
 PROBE = "focusft_probe"
 MASKS = ("glm", "causal")
@@ -67,7 +67,7 @@ def measure(model, batch: dict, mask: str | AttentionLayout = "glm", sink_k: int
     """Attention metrics of `model` on a collated batch, one forward, no gradients.
 
     ``batch`` needs ``input_ids``, ``attention_mask`` and ``loss_mask`` (B, S), right-padded as
-    `focusft.data.Collator` makes them; ``evidence`` (or ``batch["evidence_mask"]``) is an
+    `focusft.data.pipeline.Collator` makes them; ``evidence`` (or ``batch["evidence_mask"]``) is an
     optional (B, S) token mask. The model runs in eval mode (no dropout) and is put back in the
     mode it was in; its attention implementation is restored too.
     """

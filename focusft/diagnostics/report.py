@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .mass import Diagnostics
+from focusft.diagnostics.mass import Diagnostics
 
 # Table columns: (metric, header). Ranks are integers; masses are fractions of 1.
 COLUMNS = (("sink_first", "sink@1"), ("sink", "sink@k"), ("context", "engage"),

@@ -12,19 +12,32 @@ question, answer, supporting facts), ``babilong_sample`` (a sample at a token le
 ``target`` in the prompt set's answer format and ``answer`` the bAbI word), ``ruler_sample``
 (prompt, answer prefix, references), ``make_chat_rows`` / ``agentic_rows`` (chat rows with
 multi-token answers: ``messages[-1]`` is the training target).
+
+Layer 4: imports `focusft.data`, `focusft.sources`, `focusft.core` and `focusft.errors`; the
+generators (all but runner.py and inference.py, which load and run models) import only each other.
 """
 
-from .agentic import AGENTIC_TASKS, agentic_rows
-from .babi import BabiSample, babi_samples
-from .babilong import LongSample, babilong_sample, babilong_samples, context_budget
-from .chat import make_chat_rows
-from .prompt_sets import PROMPT_SETS
-from .render import generation_text
-from .haystack import BookHaystack, ProceduralProse, make_haystack
-from .ruler import RULER_TASKS, RulerSample, ruler_sample, ruler_samples
-from .scoring import (babilong_accuracy, babilong_correct, ruler_score, string_match_all,
-                      string_match_part)
-from .tokens import TokenCounter, format_length, parse_length
+from focusft.evaluation.agentic import AGENTIC_TASKS, agentic_rows
+from focusft.evaluation.babi import BabiSample, babi_samples
+from focusft.evaluation.babilong import (
+    LongSample,
+    babilong_sample,
+    babilong_samples,
+    context_budget,
+)
+from focusft.evaluation.chat import make_chat_rows
+from focusft.evaluation.prompt_sets import PROMPT_SETS
+from focusft.evaluation.render import generation_text
+from focusft.evaluation.haystack import BookHaystack, ProceduralProse, make_haystack
+from focusft.evaluation.ruler import RULER_TASKS, RulerSample, ruler_sample, ruler_samples
+from focusft.evaluation.scoring import (
+    babilong_accuracy,
+    babilong_correct,
+    ruler_score,
+    string_match_all,
+    string_match_part,
+)
+from focusft.evaluation.tokens import TokenCounter, format_length, parse_length
 
 __all__ = [
     "AGENTIC_TASKS", "agentic_rows", "PROMPT_SETS", "generation_text", "BabiSample", "babi_samples", "LongSample", "babilong_sample", "babilong_samples",

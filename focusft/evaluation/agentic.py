@@ -29,11 +29,11 @@ import json
 import random
 from typing import Any, Iterable
 
-from .babilong import NoiseSource
-from .haystack import Haystack, make_haystack
-from .ruler_qa import OCCUPATIONS, PETS, _Names
-from .splits import check_split, in_split, split_seed
-from .tokens import as_counter, parse_length
+from focusft.evaluation.babilong import NoiseSource
+from focusft.evaluation.haystack import Haystack, make_haystack
+from focusft.evaluation.ruler_qa import OCCUPATIONS, PETS, _Names
+from focusft.evaluation.splits import check_split, in_split, split_seed
+from focusft.evaluation.tokens import as_counter, parse_length
 
 AGENTIC_TASKS = ("lookup", "compare")
 MAX_NEW_TOKENS = 16

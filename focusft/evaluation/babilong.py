@@ -16,7 +16,7 @@ Contract, per sample (bAbI facts F_1..F_m in story order, a question, a length L
               keep story order; a fact at slot i goes just before noise sentence i (slot
               n_noise = the end).
   context   = all pieces joined by single spaces.
-  prompt    = the prompt set's assembly (``prompt_sets.BabilongTask``): focusft's
+  prompt    = the prompt set's assembly (``babilong_prompts.BabilongTask``): focusft's
               "{instruction}\n\n{examples}\n\n{post_prompt}\n\n<context>\n{context}\n</context>"
               "\n\nQuestion: {question}" (empty sections, e.g. examples with few_shot=False, are
               left out with their blank line), or lm-eval's description (``system``) + examples
@@ -41,10 +41,11 @@ import random
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from .babi import BabiSample, babi_stories
-from .haystack import Haystack, ProceduralProse
-from .prompt_sets import BabilongTask, babilong_task
-from .tokens import TokenCounter, as_counter, format_length, parse_length
+from focusft.evaluation.babi import BabiSample, babi_stories
+from focusft.evaluation.haystack import Haystack, ProceduralProse
+from focusft.evaluation.babilong_prompts import BabilongTask
+from focusft.evaluation.prompt_sets import babilong_task
+from focusft.evaluation.tokens import TokenCounter, as_counter, format_length, parse_length
 
 __all__ = ["LongSample", "babilong_sample", "babilong_samples", "context_budget", "build_prompt",
            "parse_length", "format_length", "LENGTHS", "MAX_NEW_TOKENS", "PROMPT_ROOM"]

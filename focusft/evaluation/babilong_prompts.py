@@ -1,6 +1,6 @@
 """Instructions, worked examples and post-prompts for BABILong qa1-qa5 (our own wording).
 
-Contract: ``TASK_PROMPTS[task]`` is a ``prompt_sets.BabilongTask`` in the "focusft" style. The
+Contract: ``TASK_PROMPTS[task]`` is a ``BabilongTask`` (below) in the "focusft" style. The
 examples' answers follow the post-prompt's one-word format, which is also the format of the
 training target. As in the official BABILong prompts, the examples use people, places and
 objects outside bAbI's label set (Alice, attic, lamp, ...), so copying an example's answer can
@@ -9,7 +9,28 @@ never score; the scorer also cuts a model output at ``<example>``.
 
 from __future__ import annotations
 
-from .prompt_sets import BabilongTask
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BabilongTask:
+    """One BABILong task's wording. ``style`` says how the pieces are assembled:
+
+    "focusft": ``{instruction}\\n\\n{examples}\\n\\n{post_prompt}\\n\\n<context>\\n{context}
+               \\n</context>\\n\\nQuestion: {question}``, examples as ``<example>`` blocks;
+    "lm-eval": system = ``instruction`` (lm-eval's description), user = each example as
+               ``doc_to_text + target_delimiter + target`` joined by blank lines, a blank line,
+               then ``doc_to_text`` of the sample (lm-eval's fewshot_context).
+    """
+
+    style: str
+    instruction: str
+    examples: tuple[tuple[str, str, str], ...]  # (input, question, target)
+    post_prompt: str = ""
+    doc_to_text: str = ""  # jinja, lm-eval style only
+    target_delimiter: str = " "
+    max_new_tokens: int = 20
+
 
 _ONE_PLACE = ("Reply with a single word: the name of the place. "
               "Do not write anything else after that word.")

@@ -31,14 +31,14 @@ from __future__ import annotations
 import random
 from typing import Any, Iterable
 
-from .babi import BabiSample, babi_stories
-from .babilong import babilong_sample
-from .haystack import Haystack, make_haystack
-from .prompt_sets import check_prompt_set
-from .render import frame_tokens
-from .ruler import RULER_TASKS, ruler_sample
-from .splits import check_split, in_split, split_seed
-from .tokens import SUITE_KILO, as_counter, parse_length
+from focusft.evaluation.babi import BabiSample, babi_stories
+from focusft.evaluation.babilong import babilong_sample
+from focusft.evaluation.haystack import Haystack, make_haystack
+from focusft.evaluation.prompt_sets import check_prompt_set
+from focusft.evaluation.render import frame_tokens
+from focusft.evaluation.ruler import RULER_TASKS, ruler_sample
+from focusft.evaluation.splits import check_split, in_split, split_seed
+from focusft.evaluation.tokens import SUITE_KILO, as_counter, parse_length
 
 SUITES = ("babilong", "ruler")
 BABILONG_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")

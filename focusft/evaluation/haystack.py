@@ -34,7 +34,7 @@ import re
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from ..errors import UserError
+from focusft.errors import UserError
 
 # Every word a bAbI fact or answer can contain; noise words containing one are banned.
 BABI_WORDS = (

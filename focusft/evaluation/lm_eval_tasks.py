@@ -247,7 +247,7 @@ def ruler_fields() -> dict:
 
 
 def babilong_fields(task: str) -> dict:
-    """Keyword arguments of ``prompt_sets.BabilongTask`` for lm-eval's ``babilong_{task}``."""
+    """Keyword arguments of ``babilong_prompts.BabilongTask`` for lm-eval's ``babilong_{task}``."""
     rel = f"babilong/babilong_{task}.yaml"
     data = _yaml(rel)
     try:

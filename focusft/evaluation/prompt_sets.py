@@ -20,6 +20,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 
+from focusft.evaluation.babilong_prompts import TASK_PROMPTS, BabilongTask
+
 PROMPT_SETS = ("focusft", "lm-eval")
 
 
@@ -55,26 +57,6 @@ class RulerTexts:
 
     def new_tokens(self, task: str) -> int:
         return self.max_new_tokens["niah" if task.startswith("niah") else task]
-
-
-@dataclass(frozen=True)
-class BabilongTask:
-    """One BABILong task's wording. ``style`` says how the pieces are assembled:
-
-    "focusft": ``{instruction}\\n\\n{examples}\\n\\n{post_prompt}\\n\\n<context>\\n{context}
-               \\n</context>\\n\\nQuestion: {question}``, examples as ``<example>`` blocks;
-    "lm-eval": system = ``instruction`` (lm-eval's description), user = each example as
-               ``doc_to_text + target_delimiter + target`` joined by blank lines, a blank line,
-               then ``doc_to_text`` of the sample (lm-eval's fewshot_context).
-    """
-
-    style: str
-    instruction: str
-    examples: tuple[tuple[str, str, str], ...]  # (input, question, target)
-    post_prompt: str = ""
-    doc_to_text: str = ""  # jinja, lm-eval style only
-    target_delimiter: str = " "
-    max_new_tokens: int = 20
 
 
 # --- focusft's own RULER wording -------------------------------------------------------------
@@ -125,7 +107,7 @@ def ruler_texts(name: str = "focusft") -> RulerTexts:
     check_prompt_set(name)
     if name == "focusft":
         return FOCUSFT_RULER
-    from .lm_eval_tasks import ruler_fields
+    from focusft.evaluation.lm_eval_tasks import ruler_fields
 
     return RulerTexts(**ruler_fields())
 
@@ -134,10 +116,8 @@ def ruler_texts(name: str = "focusft") -> RulerTexts:
 def babilong_task(name: str, task: str) -> BabilongTask:
     check_prompt_set(name)
     if name == "focusft":
-        from .babilong_prompts import TASK_PROMPTS
-
         return TASK_PROMPTS[task]
-    from .lm_eval_tasks import babilong_fields
+    from focusft.evaluation.lm_eval_tasks import babilong_fields
 
     return BabilongTask(style="lm-eval", **babilong_fields(task))
 
@@ -156,6 +136,6 @@ def describe(name: str) -> str:
     check_prompt_set(name)
     if name == "focusft":
         return "focusft (the project's own wording)"
-    from .lm_eval_tasks import version
+    from focusft.evaluation.lm_eval_tasks import version
 
     return f"lm-eval {version()} task files (read at run time)"

@@ -18,7 +18,7 @@ reproduces the training answer would generate after the rendered prompt.
 
 from __future__ import annotations
 
-from .prompt_sets import join_prefix
+from focusft.evaluation.prompt_sets import join_prefix
 
 
 def context_messages(messages: list[dict]) -> list[dict]:

@@ -24,14 +24,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from .haystack import Haystack
-from .ruler_base import RulerSample
-from .ruler_niah import NIAH_TASKS, niah_sample
-from .ruler_qa import qa_sample
-from .ruler_vt import vt_sample
-from .ruler_words import cwe_sample, fwe_sample
-from .splits import check_split
-from .tokens import as_counter, parse_length
+from focusft.evaluation.haystack import Haystack
+from focusft.evaluation.ruler_base import RulerSample
+from focusft.evaluation.ruler_niah import NIAH_TASKS, niah_sample
+from focusft.evaluation.ruler_qa import qa_sample
+from focusft.evaluation.ruler_vt import vt_sample
+from focusft.evaluation.ruler_words import cwe_sample, fwe_sample
+from focusft.evaluation.splits import check_split
+from focusft.evaluation.tokens import as_counter, parse_length
 
 __all__ = ["RULER_TASKS", "RulerSample", "ruler_sample", "ruler_samples"]
 

@@ -24,9 +24,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .prompt_sets import join_prefix
-from .splits import in_split
-from .tokens import TokenCounter
+from focusft.evaluation.prompt_sets import join_prefix
+from focusft.evaluation.splits import in_split
+from focusft.evaluation.tokens import TokenCounter
 
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 

@@ -22,12 +22,23 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .haystack import Haystack, ProceduralProse, prose_vocabulary
-from .prompt_sets import join_prefix, ruler_texts
-from .ruler_base import (RulerSample, context_start, draw_in_split, fill, insert_at,
-                         largest_fitting, random_number, random_uuid, repeat_stream, spans_of,
-                         take_units, units_for)
-from .tokens import TokenCounter
+from focusft.evaluation.haystack import Haystack, ProceduralProse, prose_vocabulary
+from focusft.evaluation.prompt_sets import join_prefix, ruler_texts
+from focusft.evaluation.ruler_base import (
+    RulerSample,
+    context_start,
+    draw_in_split,
+    fill,
+    insert_at,
+    largest_fitting,
+    random_number,
+    random_uuid,
+    repeat_stream,
+    spans_of,
+    take_units,
+    units_for,
+)
+from focusft.evaluation.tokens import TokenCounter
 
 
 @dataclass(frozen=True)

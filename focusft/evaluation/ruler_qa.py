@@ -22,9 +22,15 @@ from __future__ import annotations
 
 import random
 
-from .prompt_sets import join_prefix, ruler_texts
-from .ruler_base import RulerSample, draw_in_split, fill, largest_fitting, spans_of
-from .tokens import TokenCounter
+from focusft.evaluation.prompt_sets import join_prefix, ruler_texts
+from focusft.evaluation.ruler_base import (
+    RulerSample,
+    draw_in_split,
+    fill,
+    largest_fitting,
+    spans_of,
+)
+from focusft.evaluation.tokens import TokenCounter
 
 _ONSETS = ("b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p", "r", "s",
            "st", "t", "th", "v", "w", "z", "sk", "tr")

@@ -15,11 +15,21 @@ from __future__ import annotations
 import random
 import string
 
-from .prompt_sets import join_prefix, ruler_texts
-from .ruler_base import (RulerSample, context_start, draw_in_split, fill, insert_at,
-                         largest_fitting, random_number, repeat_stream, spans_of, take_units,
-                         units_for)
-from .tokens import TokenCounter
+from focusft.evaluation.prompt_sets import join_prefix, ruler_texts
+from focusft.evaluation.ruler_base import (
+    RulerSample,
+    context_start,
+    draw_in_split,
+    fill,
+    insert_at,
+    largest_fitting,
+    random_number,
+    repeat_stream,
+    spans_of,
+    take_units,
+    units_for,
+)
+from focusft.evaluation.tokens import TokenCounter
 
 HOPS = 4
 EXAMPLE_UNITS = 5

@@ -27,10 +27,10 @@ import math
 import random
 import string
 
-from .haystack import prose_vocabulary
-from .prompt_sets import join_prefix, ruler_texts
-from .ruler_base import RulerSample, draw_in_split, fill, largest_fitting
-from .tokens import TokenCounter
+from focusft.evaluation.haystack import prose_vocabulary
+from focusft.evaluation.prompt_sets import join_prefix, ruler_texts
+from focusft.evaluation.ruler_base import RulerSample, draw_in_split, fill, largest_fitting
+from focusft.evaluation.tokens import TokenCounter
 
 ZETA_2 = math.pi ** 2 / 6
 

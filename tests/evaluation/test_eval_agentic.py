@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from focusft.cli import main
-from focusft.default import load_default_tokenizer
-from focusft.eval_runner import EvalSpec, generate_outputs, prompt_text, sample_records, score_records
+from focusft.sources.default import load_default_tokenizer
+from focusft.evaluation.runner import EvalSpec, generate_outputs, prompt_text, sample_records, score_records
 from focusft.evaluation.agentic import AGENTIC_TASKS, MAX_NEW_TOKENS, agentic_rows
 from focusft.evaluation.render import continuation
 
@@ -83,7 +83,7 @@ def test_data_command_writes_trainable_rows(tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 4 and all(r["tools"] and r["messages"][-1]["role"] == "assistant"
                                   for r in rows)
-    from focusft.data import tokenize_conversation  # the training path accepts the rows
+    from focusft.data.pipeline import tokenize_conversation  # the training path accepts the rows
 
     tok = qwen_tokenizer()
     ids, loss_mask = tokenize_conversation(tok, rows[0]["messages"], tools=rows[0]["tools"])

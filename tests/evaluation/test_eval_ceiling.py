@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from focusft.default import load_default_tokenizer
-from focusft.eval_runner import (EvalSpec, generate_outputs, make_rows, prompt_text,
+from focusft.sources.default import load_default_tokenizer
+from focusft.evaluation.runner import (EvalSpec, generate_outputs, make_rows, prompt_text,
                                  sample_records, score_records)
 from focusft.evaluation.chat import BABILONG_TASKS
 from focusft.evaluation.render import continuation
@@ -71,7 +71,7 @@ def test_babilong_ceiling(prompts):
 
 def test_prefix_mask_marks_the_answer_prefix_and_earlier_tool_calls():
     """Under --mask prefix the prompt's assistant tokens are response tokens, as in training."""
-    from focusft.eval_runner import response_mask
+    from focusft.evaluation.runner import response_mask
 
     tok = load_default_tokenizer()
     spec = EvalSpec(suite="ruler", tasks=["vt"], lengths=["2k"], samples=1, haystack="procedural")

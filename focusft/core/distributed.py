@@ -1,0 +1,102 @@
+"""Distributed-training helpers: the launch check and FSDP2's re-entrant inner loop.
+
+The inner loop is rank-local: it differentiates the fast tensors only
+(``torch.autograd.grad``), so no AccumulateGrad node of a base parameter runs, no DDP reducer
+hook fires and nothing is all-reduced. Two things still need care:
+
+* ``launch_problem``: transformers' Trainer only goes multi-process on a CPU-only machine when
+  told ``--use_cpu true``; otherwise every process trains its own copy and nobody notices. And
+  ``accelerate launch --cpu --num_processes N`` starts one process. Both are refused, with the
+  command that works.
+* ``nested_fsdp_call``: under FSDP2 (``fully_shard``, accelerate ``fsdp_version: 2``) the inner
+  loop calls the sharded top layers again, forward and backward, from inside the outer forward
+  of the first adapted layer. FSDP's own bookkeeping assumes one forward then one backward per
+  iteration; the guard keeps it consistent (see its docstring). Every rank runs the inner loop
+  (even with no loss token), so every rank issues the same all-gathers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+
+# Process counts a launcher leaves in the environment: torchrun / accelerate / deepspeed, and MPI.
+SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_processes(env=os.environ) -> int:
+    """How many processes the launcher says it started (1 when none says)."""
+    return max([int(env[v]) for v in SIZE_VARS if env.get(v, "").isdigit()] or [1])
+
+
+def launch_problem(world_size: int, use_cpu: bool, env=os.environ) -> str | None:
+    """A message when the processes that were asked for will not train together.
+
+    * N processes started (torchrun, accelerate, deepspeed, mpirun), but the trainer sees a world
+      of 1: on a machine without GPUs transformers forms a process group only with --use_cpu.
+    * ``accelerate launch --cpu --num_processes N`` (N > 1) without ``--mpirun_hostfile`` starts
+      one process (accelerate launches several CPU processes only through mpirun); it leaves
+      ``ACCELERATE_USE_CPU`` and ``MASTER_ADDR`` set, and no world size.
+    """
+    launched = launched_processes(env)
+    if launched > 1 and world_size == 1:
+        return (f"the launcher started {launched} processes but the trainer sees a world of 1, so "
+                f"each process would train its own model copy. {_working_command(launched)}")
+    accelerate_cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("true", "1", "yes")
+    if launched == 1 and world_size == 1 and accelerate_cpu and "MASTER_ADDR" in env:
+        return ("`accelerate launch --cpu --num_processes N` started a single process (accelerate "
+                "starts several CPU processes only through mpirun, with --mpirun_hostfile), so the "
+                f"run would not be distributed. {_working_command(2)} For one process, launch "
+                "with --num_processes 1 (or run `focusft train` directly).")
+    return None
+
+
+def _working_command(n: int) -> str:
+    cpu = "" if torch.cuda.is_available() else " --use_cpu true"
+    return (f"Launch with: torchrun --nproc_per_node {n} -m focusft.cli train <your flags>{cpu}"
+            + ("" if cpu else " (or accelerate launch --num_processes N -m focusft.cli train ...)")
+            + ".")
+
+
+@contextlib.contextmanager
+def nested_fsdp_call(layer: torch.nn.Module):
+    """Run the inner loop re-entrantly on FSDP2-sharded layers; a no-op for anything else.
+
+    `layer` is the first adapted decoder layer, whose forward pre-hook runs the inner loop
+    after FSDP has unsharded it. Inside the block:
+
+    * the root's post-backward final callback is marked as already queued, so the inner
+      ``autograd.grad`` calls do not run it (it would reshard the root, whose norm and lm_head
+      the inner loop and the outer forward still use, and end the iteration);
+    * the layers' own hooks all-gather / reshard around each nested call as usual, and the
+      post-backward of a nested call finds no base gradient (none is formed), so it reduces
+      nothing.
+
+    On exit every non-root FSDP state is set back to IDLE (as the final callback would do) and
+    `layer` is unsharded again, since its nested calls resharded it; the outer forward then
+    continues as if the inner loop had not happened, and the outer backward is FSDP's usual one.
+    Relies on FSDP2 internals (``_get_fsdp_state``, ``_state_ctx``, ``_training_state``) of
+    torch 2.13; checked by tests/training/test_distributed.py.
+    """
+    get_state = getattr(layer, "_get_fsdp_state", None)
+    if get_state is None:
+        yield
+        return
+    from torch.distributed.fsdp._fully_shard._fsdp_common import TrainingState
+
+    ctx = get_state()._state_ctx
+    queued, ctx.post_backward_final_callback_queued = ctx.post_backward_final_callback_queued, True
+    try:
+        yield
+    finally:
+        ctx.post_backward_final_callback_queued = queued
+    for state in ctx.all_states:
+        if getattr(state, "_is_root", False):
+            continue  # the root is in the middle of its forward
+        for group in state._fsdp_param_groups:
+            group._training_state = TrainingState.IDLE
+        state._training_state = TrainingState.IDLE
+    layer.unshard()

@@ -1,0 +1,153 @@
+"""What `focusft experiment` runs: methods, the configuration and its presets, flags -> config.
+
+Methods are `focusft train` flag lists, so every method is the product's own pipeline; the
+presets size one experiment (``full``, ``--quick``, ``--smoke``) per task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from focusft.errors import UserError
+
+
+METHODS: dict[str, list[str]] = {
+    "sft-causal": ["--method", "sft", "--attention", "causal"],
+    "sft-glm": ["--method", "sft", "--attention", "glm"],
+    "focusft": ["--method", "focusft", "--attention", "glm", "--inner_objective", "response"],
+    "focusft-context": ["--method", "focusft", "--attention", "glm", "--inner_objective", "context"],
+}
+
+
+BASE = "base (no SFT)"
+
+
+def sweep_methods(objective: str) -> dict[str, list[str]]:
+    base = ["--method", "focusft", "--attention", "glm", "--inner_objective", objective]
+    name = "focusft" if objective == "response" else "focusft-context"
+    return {f"{name}-k1": base + ["--inner_steps", "1"],
+            f"{name}-k4": base + ["--inner_steps", "4"],
+            f"{name}-lr0.3": base + ["--inner_lr", "0.3"],
+            f"{name}-lr3": base + ["--inner_lr", "3.0"]}
+
+
+def all_methods(cfg) -> dict[str, list[str]]:
+    """The main methods, plus the K / inner-lr sweep of --task long (first seed only)."""
+    if cfg.task != "long" or not cfg.sweep:
+        return METHODS
+    return {**METHODS, **sweep_methods(cfg.sweep_objective)}
+
+
+@dataclass
+class ExperimentConfig:
+    out: str = "runs/experiment"
+    report: str = "docs/results.md"
+    base: str | None = None  # None / "scratch": seeded default init; "pretrain"; or a directory
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # training task: the embedded default's, short-to-long curriculum
+    train_lengths: list[int] = field(default_factory=lambda: [32, 32, 32, 64, 64, 128, 256])
+    train_samples: int = 5600
+    n_people: int = 1
+    steps: int = 175  # outer optimizer steps per run (train_samples / batch_size: one pass)
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 30
+    diagnostics_steps: int = 25
+    # evaluation
+    heldout_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    heldout_samples: int = 64  # per length (the same test rows for every model)
+    tasks: list[str] = field(default_factory=lambda: ["qa1", "qa2", "qa3", "qa4", "qa5"])  # BABILong
+    eval_lengths: list[int] = field(default_factory=lambda: [0, 1024, 2048, 4096])
+    eval_samples: int = 16  # per task and length
+    ruler_tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "cwe"])
+    # CWE with its worked example (as the official task) needs about 1.2K tokens of the embedded
+    # default's tokenizer before any noise, so RULER transfer is measured at 2K
+    ruler_lengths: list[int] = field(default_factory=lambda: [2048])
+    ruler_samples: int = 10
+    few_shot: bool = True
+    pretrain_steps: int = 300
+    pretrain_seq_len: int = 512
+    pretrain_batch: int = 8
+    probe_samples: int = 16
+    probe_steps: int = 2
+    probe_lr: float = 1.0
+    data_seed: int = 0
+    label: str = "full"
+    # --task long (focusft.experiments.long): multi-token BABILong / RULER tasks, sink base
+    task: str = "locate"  # "locate": the embedded default's task; "long": sft_tasks
+    pretrain_recipe: str = "sinks"
+    haystack: str | None = None  # None: the haystack books when present
+    long_train_lengths: list[int] = field(default_factory=lambda: [0, 256, 512, 1024])
+    # trained at 1K: CWE's worked example alone needs more than that (see ruler_lengths)
+    long_ruler_tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "vt"])
+    long_ruler_train_lengths: list[int] = field(default_factory=lambda: [1024])
+    long_train_samples: int = 64  # per (task, length)
+    long_eval_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
+    inference_masks: list[str] = field(default_factory=lambda: ["causal", "prefix"])
+    sweep: bool = True  # K and inner-lr sweep on the first seed (--task long)
+    sweep_objective: str = "context"
+
+
+PRESETS = {
+    "full": {},
+    "quick": dict(seeds=[0], train_lengths=[32, 32, 32, 64], train_samples=3200, steps=100,
+                  warmup_steps=10, diagnostics_steps=25, heldout_lengths=[64, 128, 256],
+                  heldout_samples=24, tasks=["qa1"], eval_lengths=[0], eval_samples=6,
+                  ruler_tasks=["niah_single_1", "cwe"], ruler_lengths=[2048], ruler_samples=2,
+                  few_shot=False, probe_samples=8, label="quick"),
+    "smoke": dict(seeds=[0], train_lengths=[16], train_samples=4, steps=1, batch_size=2,
+                  warmup_steps=0, diagnostics_steps=1, heldout_lengths=[16, 32],
+                  heldout_samples=2, tasks=["qa1"], eval_lengths=[0], eval_samples=2,
+                  ruler_tasks=["niah_single_1"], ruler_lengths=[512], ruler_samples=1,
+                  few_shot=False, probe_samples=2, label="smoke"),
+}
+
+# --task long: per preset, what changes on top of the preset above (focusft.experiments.long).
+LONG_PRESETS = {
+    # sized to the 90-minute budget on 2 CPU cores (measured: docs/results-long.md, Cost)
+    "full": dict(base="pretrain", steps=120, batch_size=8, warmup_steps=12, diagnostics_steps=20,
+                 eval_samples=8, ruler_samples=4, pretrain_steps=1000),
+    "quick": dict(long_train_lengths=[0, 256], long_ruler_tasks=["niah_single_1"],
+                  long_ruler_train_lengths=[512], long_train_samples=8, steps=6, batch_size=8,
+                  warmup_steps=1, diagnostics_steps=3, tasks=["qa1", "qa2"],
+                  long_eval_lengths=[1024], eval_samples=4, ruler_samples=2, sweep=False,
+                  pretrain_steps=30),
+    "smoke": dict(long_train_lengths=[0], long_ruler_tasks=[], long_train_samples=2, steps=1,
+                  batch_size=2, tasks=["qa1"], long_eval_lengths=[256], eval_samples=1,
+                  inference_masks=["causal", "prefix"], sweep=False, pretrain_steps=2,
+                  pretrain_seq_len=64, pretrain_batch=2),
+}
+
+
+def training_mask(flags: list[str]) -> str:
+    return flags[flags.index("--attention") + 1]
+
+
+def config_from_args(args) -> ExperimentConfig:
+    preset = "smoke" if getattr(args, "smoke", False) else "quick" if args.quick else "full"
+    cfg = replace(ExperimentConfig(), **PRESETS[preset])
+    task = getattr(args, "task", None) or "locate"
+    if task == "long":  # its own report, so it never overwrites the default task's
+        cfg = replace(cfg, task="long", report="docs/results-long.md", out="runs/experiment-long",
+                      **LONG_PRESETS[preset])
+    updates = {"out": args.out, "report": args.report, "base": args.base,
+               "haystack": getattr(args, "haystack", None)}
+    if args.seeds:
+        updates["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.methods:
+        updates["methods"] = args.methods.split(",")
+    if args.tasks:
+        updates["tasks"] = args.tasks.split(",")
+    for name in ("steps", "eval_samples"):
+        value = getattr(args, name, None)
+        if value is not None:
+            if value < 1:
+                raise UserError(f"--{name} must be >= 1, got {value}")
+            updates[name] = value
+    if getattr(args, "no_sweep", False):
+        updates["sweep"] = False
+    reduced = {"steps", "eval_samples", "seeds", "sweep", "tasks", "methods"} & set(updates)
+    if preset == "full" and reduced:
+        updates["label"] = "reduced"  # never presented as the full run
+    return replace(cfg, **{k: v for k, v in updates.items() if v is not None})

@@ -1,0 +1,51 @@
+"""The model to train and its tokenizer, from what the user named.
+
+``--model`` may be a local model directory, a hub name, a PEFT adapter directory (its base is
+loaded under it), or nothing: the embedded default (``focusft.sources.default``). Directories
+are checked before loading (``focusft.sources.model_dir``): safetensors weights only, the
+tokenizer's vocabulary must fit the embedding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from focusft.errors import UserError
+from focusft.training import adapters
+from focusft.training.config import FocusConfig
+
+
+def load_model_and_tokenizer(cfg: FocusConfig):
+    """The model to train: a local directory / hub name / adapter directory, or the embedded default."""
+    quantization = adapters.quantization_config(cfg)  # validates the PEFT / k-bit flags
+    if cfg.model is None:
+        from focusft.sources import default
+
+        tokenizer = default.load_default_tokenizer()
+        return default.build_default_model(tokenizer, seed=cfg.seed), tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from focusft.sources.model_dir import check_model_dir, check_vocab_fits
+
+    # an adapter directory (PEFT) holds adapter weights and the tokenizer, not the base model
+    check_model_dir(cfg.model, "--model", weights=not adapters.is_adapter_dir(cfg.model))
+    kwargs = dict(trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                  dtype="bfloat16" if cfg.bf16 else "float32")
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        if adapters.is_adapter_dir(cfg.model):
+            model = adapters.load_adapter_model(cfg.model, cfg, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)
+    except (OSError, ValueError) as err:
+        local = "" if Path(cfg.model).expanduser().exists() else "no such local directory, and "
+        raise UserError(f"--model {cfg.model}: cannot load a causal LM with its tokenizer "
+                        f"(safetensors weights required): {local}{str(err).splitlines()[0]}") from None
+    if quantization is not None:
+        adapters.keep_4bit_differentiable(model)
+    check_vocab_fits(model, tokenizer, f"--model {cfg.model}")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer

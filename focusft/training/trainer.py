@@ -1,0 +1,310 @@
+"""`FocusTrainer`: transformers' Trainer with the FocuSFT step wired into `compute_loss`.
+
+The engine (Trainer + Accelerate) keeps the loop, the optimizer, the schedule, mixed precision,
+gradient accumulation, distribution, checkpointing and the loggers. This class only:
+
+* builds the attention layout of each batch (GLM turn blocks, or causal);
+* for ``method=focusft``: resets the per-sample fast weights (A_n seeded by the run seed, the
+  epoch and the sample's id, so a sample draws the same memory alone, in a batch, on any rank
+  and after a resume) and arms the inner loop, which runs inside the forward pass;
+* normalises the outer loss by the global count of loss tokens of the optimizer step
+  (``num_items_in_batch``, summed over accumulation steps and ranks): the loss is the token mean
+  over everything that contributes to one update, whatever the split into ranks and micro-batches;
+* logs inner losses per inner step (``inner_loss_1`` is the base model's loss, before any
+  update), inner gradient norms, skipped inner updates and tokens/s, and warns when the outer
+  loss sits far below the base loss (the fast weights leaking the label).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from focusft.training import adapters
+from focusft.core import attention  # attention: registers the "focusft" implementation
+from focusft.training.config import FocusConfig
+from focusft.data.pipeline import Collator
+from focusft.training.faults import NonFiniteLossGuard, atomic_checkpoint
+from focusft.core.fast_weights import FastWeights
+from focusft.core.inner import InnerConfig
+from focusft.training.inputs import COLUMNS, as_focus_config, prepare_dataset, resolve_model
+from focusft.core.step import (
+    BilevelStep,
+    arm_inner,
+    batch_layout,
+    logits_loss,
+    outer_logits,
+    outer_loss,
+)
+
+logger = logging.getLogger("focusft")
+
+
+def sample_seed(run_seed: int, epoch: int, sample_id: int) -> int:
+    """Seed of one sample's fast-weight draw: independent of batching, rank and resume.
+
+    >>> sample_seed(0, 0, 1) != sample_seed(0, 1, 0)
+    True
+    """
+    return (run_seed * 1_000_003 + epoch) * 2_147_483_647 + sample_id & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def inner_config(cfg: FocusConfig) -> InnerConfig:
+    return InnerConfig(steps=cfg.inner_steps, lr=cfg.inner_lr, clip=cfg.inner_clip,
+                       clip_mode=cfg.inner_clip_mode, objective=cfg.inner_objective)
+
+
+def make_fast_weights(model, cfg: FocusConfig) -> FastWeights:
+    return FastWeights(model, rank=cfg.fast_rank, alpha=cfg.fast_alpha, dropout=cfg.fast_dropout,
+                       layer_fraction=cfg.fast_layer_fraction,
+                       target_modules=tuple(cfg.fast_target_modules))
+
+
+def attach_fast_weights(model, cfg: FocusConfig) -> tuple[FastWeights, BilevelStep]:
+    fast = make_fast_weights(model, cfg)
+    return fast, BilevelStep(model, fast, inner_config(cfg))
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer.pad_token_id
+
+
+class StepMeter:
+    """Averages per-step statistics between two log lines (tensors read only at log time)."""
+
+    def __init__(self):
+        self.sums, self.counts = defaultdict(float), defaultdict(int)
+        self.tokens, self.since = 0, time.perf_counter()
+
+    def add(self, name: str, value) -> None:
+        value = value.detach() if torch.is_tensor(value) else value
+        self.sums[name] = self.sums[name] + value
+        self.counts[name] += 1
+
+    def flush(self) -> dict[str, float]:
+        out = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
+        elapsed = time.perf_counter() - self.since
+        if self.tokens and elapsed > 0:
+            out["tokens_per_s"] = self.tokens / elapsed
+        self.__init__()
+        return out
+
+
+class FocusTrainer(Trainer):
+    """``FocusTrainer(model, args, train_dataset=..., eval_dataset=..., processing_class=...,
+    peft_config=...)``, then ``train()`` / ``evaluate()`` / ``predict()`` / ``save_model()``.
+
+    Accepts what TRL's SFTTrainer accepts (see `focusft.training.inputs`): a model or its name, a
+    `FocusConfig` or plain ``TrainingArguments``, datasets of chat rows (tokenized and collated
+    here). The focusft attention and the fast-weight hooks are on the model only inside
+    ``train`` / ``evaluate`` / ``predict``: outside them it is the plain model it was.
+    """
+
+    args: FocusConfig
+
+    def __init__(self, model=None, args=None, data_collator=None, train_dataset=None,
+                 eval_dataset=None, processing_class=None, peft_config=None, **kwargs):
+        args = as_focus_config(args)
+        model, processing_class = resolve_model(model, processing_class, args)
+        if peft_config is None and not adapters.is_peft_model(model):  # an adapter continues as is
+            peft_config = adapters.lora_config(args)
+        if peft_config is not None:
+            model = adapters.wrap(model, peft_config, args)
+        adapters.keep_4bit_differentiable(model)
+        train_dataset = prepare_dataset(train_dataset, processing_class, args, "train_dataset")
+        eval_dataset = prepare_dataset(eval_dataset, processing_class, args, "eval_dataset")
+        if data_collator is None:
+            data_collator = Collator(pad_id=_pad_id(processing_class),
+                                     pack_to=args.max_length if args.packing else None)
+        self.fast = self.bilevel = None
+        self._attached, self._restore_attention = 0, None
+        # Fast weights first: a model that cannot host them fails before Trainer makes output_dir.
+        self._attach(model, args)
+        self._detach(model)
+        super().__init__(model=model, args=args, data_collator=data_collator,
+                         train_dataset=train_dataset, eval_dataset=eval_dataset,
+                         processing_class=processing_class, **kwargs)
+        self.loss_guard = NonFiniteLossGuard()
+        self.add_callback(self.loss_guard)
+        # Our labels are already shifted by the collator and our compute_loss normalises by
+        # the global token count, so count every label and pass the count in.
+        self._loss_shifts_labels = False
+        self.model_accepts_loss_kwargs = True
+        self.meter = StepMeter()
+        self._leak_windows = 0
+        self._focus_eval: torch.Tensor | None = None  # (CE sum, tokens) while evaluating
+
+    # -- the focusft attention and fast weights, only while the Trainer runs the model -------
+    def _attach(self, model, args) -> None:
+        if self._attached == 0:
+            self._restore_attention = attention.use_focusft_attention(model)
+            if args.bilevel:
+                if self.fast is None:
+                    self.fast = make_fast_weights(model, args)
+                self.fast.install()
+                self.bilevel = BilevelStep(model, self.fast, inner_config(args))
+        self._attached += 1
+
+    def _detach(self, model) -> None:
+        self._attached -= 1
+        if self._attached == 0:
+            if self.fast is not None:
+                self.fast.strip()
+                self.bilevel.remove()
+            self._restore_attention()
+
+    @contextlib.contextmanager
+    def _focus_mode(self):
+        model = self.model
+        self._attach(model, self.args)
+        try:
+            yield
+        finally:
+            self._detach(model)
+
+    def train(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().train(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with self._focus_mode():
+            return super().predict(*args, **kwargs)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """The card ``push_to_hub`` uploads: focusft's (method, base, data, config, metrics, loading)."""
+        if not self.is_world_process_zero():
+            return
+        from focusft.training.model_card import model_card
+
+        metrics = {k: v for h in self.state.log_history for k, v in h.items()
+                   if k.startswith("eval_") or k == "train_loss"}  # the last value of each
+        out = Path(self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "README.md").write_text(model_card(self.args, metrics, adapters.is_peft_model(self.model)))
+        (out / "focusft.yaml").write_text(self.args.to_yaml())
+
+    def _set_signature_columns_if_needed(self):
+        # remove_unused_columns=True keeps what our collator reads (not the model's arguments).
+        if self._signature_columns is None:
+            self._signature_columns = list(COLUMNS)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            if self.fast is not None:  # outside a step the model is the base model
+                self.fast.clear()
+        self.loss_guard.observe(loss)
+        return loss
+
+    def _save_checkpoint(self, model, trial):
+        atomic_checkpoint(self, functools.partial(super()._save_checkpoint, model, trial), trial)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
+        if self.bilevel is not None and self._attached:
+            self._prepare_inner(inputs, model.training)
+        logits, kept, aux = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
+        loss, n_tokens = logits_loss(logits, kept, num_items_in_batch, aux)
+        if model.training:
+            self._record(inputs, loss, n_tokens, num_items_in_batch)
+        elif self._focus_eval is not None:
+            self._eval_with_inner_loop(model, inputs, layout)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes  # DDP averages; we want the global sum
+        return (loss, {"loss": loss, "logits": logits}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """As the Trainer's; logits come only at the loss positions, so labels are cut to match.
+
+        ``predictions[b, j]`` is the distribution of ``label_ids[b, j]`` (labels are already
+        shifted: the label of a position is the next token).
+        """
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        if logits is not None and torch.is_tensor(labels):
+            labels = labels[:, (labels != -100).any(0)]
+        return loss, logits, labels
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's loop, plus ``<prefix>_focus_loss`` (the loss with the inner loop active)."""
+        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+        if self.bilevel is not None and self.args.eval_inner_loop:
+            self._focus_eval = torch.zeros(2, device=self.args.device)  # (CE sum, tokens)
+        try:
+            output = super().evaluation_loop(*args, **kwargs)
+            totals = self._focus_eval
+        finally:
+            self._focus_eval = None
+        if totals is not None:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+            output.metrics[f"{prefix}_focus_loss"] = float(totals[0] / totals[1].clamp(min=1))
+        return output
+
+    def _eval_with_inner_loop(self, model, inputs, layout) -> None:
+        """Outer loss after the inner loop adapted each eval sample's fast weights (seeded by id)."""
+        seeds = [sample_seed(self.args.seed, 0, int(s)) for s in inputs["sample_ids"].tolist()]
+        arm_inner(self.fast, self.bilevel, inputs, seeds, self.args.inner_objective,
+                  self.args.attention_kernel)
+        try:
+            loss, n_tokens = outer_loss(model, inputs, layout, None)
+        finally:
+            self.fast.clear()
+        self._focus_eval += torch.stack([loss.detach() * n_tokens, n_tokens.to(loss.dtype)])
+
+    def _prepare_inner(self, inputs: dict, training: bool) -> None:
+        if not training:  # evaluation measures the model that is saved: no fast weights
+            self.fast.clear()
+            return
+        epoch = int(math.floor(self.state.epoch or 0))
+        seeds = [sample_seed(self.args.seed, epoch, int(s)) for s in inputs["sample_ids"].tolist()]
+        arm_inner(self.fast, self.bilevel, inputs, seeds, self.args.inner_objective,
+                  self.args.attention_kernel)
+
+    def _record(self, inputs, loss, n_tokens, num_items) -> None:
+        self.meter.tokens += int(inputs["attention_mask"].sum())
+        if num_items is not None:  # this micro-batch's own token mean, for the leak check
+            self.meter.add("outer_loss", loss.detach() * num_items / n_tokens.clamp(min=1))
+        stats = self.bilevel.stats if self.bilevel is not None else None
+        if stats is None:
+            return
+        for k, (inner_loss, norm) in enumerate(zip(stats.losses, stats.grad_norms), start=1):
+            self.meter.add(f"inner_loss_{k}", inner_loss)
+            self.meter.add(f"inner_grad_norm_{k}", norm)
+        self.meter.add("inner_skipped", stats.skipped)
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        if "loss" in logs:
+            logs.update({k: round(v, 4) for k, v in self.meter.flush().items()})
+            self._check_leak(logs)
+        super().log(logs, *args, **kwargs)
+
+    def _check_leak(self, logs: dict) -> None:
+        base, outer = logs.get("inner_loss_1"), logs.get("outer_loss")
+        # Only the response objective's first inner loss is the base model's own loss on the
+        # same tokens as the outer loss (the context objective's is on other tokens).
+        if base is None or outer is None or self.args.inner_steps == 0 \
+                or self.args.inner_objective != "response":
+            return
+        leaking = outer < self.args.leak_warn_ratio * base
+        self._leak_windows = self._leak_windows + 1 if leaking else 0
+        if self._leak_windows == self.args.leak_warn_patience:
+            logger.warning(
+                "focusft: the outer loss (%.3g) has stayed below %.2g x the base model's own loss "
+                "(inner_loss_1 = %.3g) for %d logging windows: the inner loop is likely writing "
+                "the answer into the fast weights (label leakage), so the base model is not "
+                "learning the task. Consider --inner_objective context, a smaller --inner_lr or "
+                "fewer --inner_steps.", outer, self.args.leak_warn_ratio, base, self._leak_windows)

@@ -1,0 +1,46 @@
+"""Launchers that start N processes the trainer would not join together are refused (exit 2)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from focusft.core.distributed import launch_problem, launched_processes
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("env", [
+    {"WORLD_SIZE": "2"},  # torchrun / deepspeed / accelerate's multi-GPU launcher
+    {"OMPI_COMM_WORLD_SIZE": "4"},  # mpirun (Open MPI)
+    {"PMI_SIZE": "3"},  # mpirun (MPICH / Intel MPI), accelerate --mpirun_hostfile
+])
+def test_n_processes_but_a_world_of_one(env):
+    message = launch_problem(world_size=1, use_cpu=False, env=env)
+    n = launched_processes(env)
+    assert message and f"started {n} processes" in message and "own model copy" in message
+    assert f"torchrun --nproc_per_node {n} -m focusft.cli train" in message
+    assert launch_problem(world_size=n, use_cpu=True, env=env) is None
+
+
+def test_plain_runs_pass():
+    assert launch_problem(world_size=1, use_cpu=False, env={}) is None
+    assert launch_problem(world_size=1, use_cpu=False, env={"WORLD_SIZE": "1"}) is None
+    # accelerate launch --cpu --num_processes 1: no MASTER_ADDR
+    assert launch_problem(world_size=1, use_cpu=True, env={"ACCELERATE_USE_CPU": "True"}) is None
+
+
+def test_accelerate_launch_cpu_with_two_processes_is_refused(tmp_path):
+    """The real launcher: it starts one process; focusft says so and names the command that works."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf")}
+    out = tmp_path / "run"
+    proc = subprocess.run([str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "2",
+                           "--mixed_precision", "no", "-m", "focusft.cli", "train",
+                           "--output_dir", str(out), "--max_steps", "1"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    assert "started a single process" in proc.stderr
+    assert "torchrun --nproc_per_node 2 -m focusft.cli train" in proc.stderr
+    assert not out.exists()
