@@ -16,10 +16,13 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2; quick: 0)")
     p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
     p.add_argument("--tasks", default=None, help="comma-separated BABILong transfer tasks (default qa1-qa5)")
-    p.add_argument("--task", default=None, choices=["locate", "long"],
+    p.add_argument("--task", default=None, choices=["locate", "long", "real"],
                    help="locate (default): the embedded default's one-word task; long: BABILong qa1-qa5 "
                         "with sentence answers + RULER NIAH/VT/CWE, trained <= 1K, scored at 1K-4K "
-                        "under causal and prefix inference, with a K / inner-lr sweep")
+                        "under causal and prefix inference, with a K / inner-lr sweep; real: the same "
+                        "kind of data + the agentic suite on a real pretrained base (SmolLM2-135M-"
+                        "Instruct from the package index, or --base DIR), the inner loop chosen on "
+                        "validation data first; resumable (rerun with the same --out)")
     p.add_argument("--haystack", default=None,
                    help="prose for --task long: a directory of .txt books or 'procedural' "
                         "(default: ../shared/data/haystack when it exists)")
@@ -27,9 +30,10 @@ def register(subparsers) -> None:
                    "run; the preset's otherwise)")
     p.add_argument("--eval_samples", type=int, default=None,
                    help="BABILong samples per task and length (the preset's otherwise)")
-    p.add_argument("--no_sweep", action="store_true", help="--task long: skip the K / inner-lr sweep")
-    p.add_argument("--out", default=None, help="working directory (default runs/experiment; --task long: runs/experiment-long)")
-    p.add_argument("--report", default=None, help="markdown report (default docs/results.md; --task long: docs/results-long.md)")
+    p.add_argument("--no_sweep", action="store_true", help="--task long: skip the K / inner-lr sweep; "
+                   "--task real: skip the selection (the paper's K=2, inner lr 1.0)")
+    p.add_argument("--out", default=None, help="working directory (default runs/experiment; --task long / real: runs/experiment-long / -real)")
+    p.add_argument("--report", default=None, help="markdown report (default docs/results.md; --task long / real: docs/results-long.md / -real.md)")
     p.set_defaults(func=run)
 
 

@@ -39,12 +39,13 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from focusft.errors import UserError
 from focusft.experiments import locate
 from focusft.experiments import long as long_task
+from focusft.experiments import real, real_report
 from focusft.experiments import report
 from focusft.experiments.plan import METHODS, ExperimentConfig
 from focusft.experiments.runs import final_attention, make_base, train_all
@@ -74,9 +75,11 @@ def run_experiment(cfg: ExperimentConfig, command: str, log=print) -> dict:
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise UserError(f"--methods: unknown method(s) {unknown}; expected some of {list(METHODS)}")
-    if cfg.task not in ("locate", "long"):
-        raise UserError(f"--task {cfg.task!r}: expected 'locate' or 'long'")
+    if cfg.task not in ("locate", "long", "real"):
+        raise UserError(f"--task {cfg.task!r}: expected 'locate', 'long' or 'real'")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    if cfg.task == "real":
+        return run_real(cfg, command, log)
     t0 = time.perf_counter()
     base = make_base(cfg, log)
     pretrain_seconds = round(time.perf_counter() - t0, 1)
@@ -101,6 +104,38 @@ def run_experiment(cfg: ExperimentConfig, command: str, log=print) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(text)  # every number of the report, machine-readable
     (long_task if cfg.task == "long" else report).write_markdown(summary, path)
+    return summary
+
+
+def run_real(cfg: ExperimentConfig, command: str, log=print) -> dict:
+    """`--task real` (focusft.experiments.real): select the inner loop, train, evaluate,
+    measure attention and leakage, report. Every stage reuses what a previous run finished."""
+    from focusft.evaluation.runner import load_checkpoint
+
+    start = time.perf_counter()
+    base = real.resolve_base(cfg, log)
+    cfg = replace(cfg, base=base)
+    _, tokenizer = load_checkpoint(base)
+    data, probe, longest = real.write_data(cfg, tokenizer)
+    default = {"chosen": [2, 1.0], "points": {}}  # the paper's K and inner lr
+    selection = (real.select_inner(cfg, data, probe, longest + 8, log) if cfg.select
+                 else {"response": default, "context": default})
+    runs = train_all(cfg, data, probe, longest + 8, log, real.main_methods(selection))
+    accuracy = real.evaluate(cfg, base, runs, log)
+    probes = {"trained": probe, "long": str(Path(probe).with_name("probe_long.jsonl"))}
+    summary = {"config": asdict(cfg), "command": command, "commit": git_commit(),
+               "dirty": git_dirty(), "base": base, "base_source": real.base_source(base),
+               "longest_train_tokens": longest, "selection": selection, "runs": runs,
+               "accuracy": accuracy, "attention": real.attention_at(cfg, base, runs, probes, log),
+               "leakage": real.leakage(cfg, base, runs, selection, log),
+               "total_seconds": round(time.perf_counter() - start, 1)}
+    summary["cumulative_seconds"] = real.cumulative_seconds(summary)
+    text = json.dumps(summary, indent=2, default=str)
+    (Path(cfg.out) / "experiment.json").write_text(text)
+    path = Path(cfg.report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".json").write_text(text)
+    real_report.write_markdown(summary, path)
     return summary
 
 

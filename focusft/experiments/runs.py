@@ -40,10 +40,12 @@ def make_base(cfg: ExperimentConfig, log) -> str:
 
 
 def train_flags(cfg: ExperimentConfig, method: str, seed: int, data: str, probe: str,
-                max_length: int) -> list[str]:
+                max_length: int, flags: list[str] | None = None) -> list[str]:
+    """`focusft train` flags of one run: the method's ``flags`` (default: its entry in the
+    plan) on top of the budget every method shares."""
     out = Path(cfg.out) / "runs" / f"{method}-seed{seed}"
     model = [] if cfg.base in (None, "scratch") else ["--model", make_base(cfg, lambda *_: None)]
-    flags = all_methods(cfg)[method]
+    flags = all_methods(cfg)[method] if flags is None else flags
     mask = training_mask(flags)  # attention measured under the training mask, then causal
     masks = mask if mask == "causal" else f"{mask},causal"
     return [*model, "--data", data, "--output_dir", str(out), *flags,
@@ -61,25 +63,48 @@ def train_flags(cfg: ExperimentConfig, method: str, seed: int, data: str, probe:
             "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true"]
 
 
-def train_all(cfg: ExperimentConfig, data: str, probe: str, max_length: int, log) -> dict:
+def train_one(flags: list[str], log) -> dict:
+    """One `focusft train` run, resumable at the run level: a run whose ``result.json`` and
+    ``final/`` exist is read back, not retrained; a run cut off before it finished (its output
+    directory without them) is started again from scratch."""
+    import json
+    import shutil
+
     from focusft.training.config import parse_config
     from focusft.training.run import train
 
-    runs = {}
-    jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
-    jobs += [(cfg.seeds[0], m) for m in all_methods(cfg) if m not in METHODS]
-    for seed, method in jobs:
-        flags = train_flags(cfg, method, seed, data, probe, max_length)
-        log(f"train {method} seed {seed}")
+    out = Path(flags[flags.index("--output_dir") + 1])
+    done = out / "result.json"
+    if done.exists() and (out / "final").is_dir():
+        result = json.loads(done.read_text())
+        log(f"  reusing the finished run {out}")
+    else:
+        if out.exists():
+            shutil.rmtree(out)
         start = time.perf_counter()
         result = train(parse_config(flags))
         result["wall_seconds"] = round(time.perf_counter() - start, 1)
-        result["flags"] = flags
-        result["diagnostics"] = read_jsonl(Path(flags[flags.index("--output_dir") + 1])
-                                            / "diagnostics.jsonl")
+        done.write_text(json.dumps(result, indent=2))
+    result["flags"] = flags
+    result["diagnostics"] = read_jsonl(out / "diagnostics.jsonl")
+    return result
+
+
+def train_all(cfg: ExperimentConfig, data: str, probe: str, max_length: int, log,
+              methods: dict[str, list[str]] | None = None) -> dict:
+    """Every (seed, method) of the plan; sweep points (methods outside METHODS) on the first
+    seed only. ``methods`` overrides the plan's flags per method."""
+    methods = methods or all_methods(cfg)
+    runs = {}
+    jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
+    jobs += [(cfg.seeds[0], m) for m in methods if m not in METHODS]
+    for seed, method in jobs:
+        flags = train_flags(cfg, method, seed, data, probe, max_length, methods[method])
+        log(f"train {method} seed {seed}")
+        result = train_one(flags, log)
         runs[f"{method}|{seed}"] = result
         log(f"  {method} seed {seed}: loss {result['train_loss']:.4f}, "
-            f"{result['wall_seconds']} s")
+            f"{result.get('wall_seconds')} s")
     return runs
 
 

@@ -138,6 +138,9 @@ def run_metrics(trainer, output) -> dict:
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     if evals:
         metrics.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
+    # the logged training rows (loss, outer / inner losses, inner_harm, ...), one per logging step
+    metrics["history"] = [{k: v for k, v in h.items() if isinstance(v, (int, float))}
+                          for h in trainer.state.log_history if "loss" in h]
     return metrics
 
 

@@ -127,3 +127,40 @@ def test_goal_check_reads_the_numbers():
     assert "at 1 length(s) [1024]: **not met**" in lines[1]
     assert "= 20.00, goal >= 10: **met**" in lines[2] and "= 3.00, goal >= 2: **met**" in lines[2]
     assert "= 2.00, goal >= 10: **not met**" in lines[3] and "= 1.50, goal >= 2: **not met**" in lines[3]
+
+
+def test_real_task_smoke_selects_trains_evaluates_and_resumes(tmp_path):
+    from chat_fixtures import save_chat_model
+
+    base = save_chat_model(tmp_path / "base", positions=2048)
+    out, report = tmp_path / "exp", tmp_path / "docs" / "results-real.md"
+    args = ["experiment", "--smoke", "--task", "real", "--base", str(base), "--out", str(out),
+            "--report", str(report), "--methods", "sft-glm,focusft"]
+    assert main(args) == 0
+    summary = json.loads(report.with_suffix(".json").read_text())
+    # selection: one point per objective, the chosen one is the only one and the main run uses it
+    for objective in ("response", "context"):
+        sel = summary["selection"][objective]
+        assert len(sel["points"]) == 1 and sel["chosen"] == [1, 0.1]
+        point = next(iter(sel["points"].values()))
+        assert point["eval_loss"] is not None and point["eval_loss"] > 0
+    flags = summary["runs"]["focusft|0"]["flags"]
+    assert flags[flags.index("--inner_steps") + 1] == "1" and flags[flags.index("--inner_lr") + 1] == "0.1"
+    rows = summary["accuracy"]["babilong"]
+    assert set(rows) == {f"{m} [{k}]" for m in ("base (no SFT)", "sft-glm", "focusft")
+                         for k in ("causal", "prefix")}
+    # attention per layer (4 layers) at both probe lengths, both masks; leakage per objective
+    for probe in ("trained", "long"):
+        assert len(summary["attention"][probe]["focusft"]["glm"]["sink_first"]) == 4
+        assert set(summary["attention"][probe]["sft-glm"]) == {"causal", "glm"}
+    leak = summary["leakage"]["focusft"]
+    assert set(leak) == {"response", "context"} and leak["response"]["before"] > 0
+    assert summary["runs"]["focusft|0"]["history"]  # the inner losses per logging step
+    text = report.read_text()
+    assert "## The goal" in text and "Verdict" in text and "smoke" in text
+    # a rerun reuses every finished run and evaluation: nothing is retrained
+    stamp = (out / "runs" / "focusft-seed0" / "result.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (out / "runs" / "focusft-seed0" / "result.json").stat().st_mtime_ns == stamp
+    again = json.loads(report.with_suffix(".json").read_text())
+    assert again["accuracy"] == summary["accuracy"] and again["leakage"] == summary["leakage"]
