@@ -2,6 +2,7 @@
 
     focusft bench --lengths 1k,2k,4k,8k,16k --repeats 3 --warmup 1 --out docs
     focusft bench --tiny --out runs/bench           # seconds: the CI smoke test
+    focusft bench --shape smollm2 --lengths 1k,2k,4k,8k --out docs   # the real base's shape
 
 Writes ``OUT/benchmark.json`` (every measurement, the resolved settings, the machine, the load)
 and ``OUT/benchmark.md`` (the tables). What is measured and how: `focusft.experiments.bench`.
@@ -30,7 +31,14 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="directory for benchmark.json and benchmark.md")
     p.add_argument("--tiny", action="store_true",
                    help="smoke-test preset: 2 layers, hidden 64, lengths 256,512")
-    m = p.add_argument_group("model (a Qwen2 built from its config; default: the reference's tiny one)")
+    m = p.add_argument_group("model (built from its config, random weights; default: the reference's tiny Qwen2)")
+    m.add_argument("--shape", default=None, choices=("reference", "tiny", "smollm2"),
+                   help="a named model shape: reference (8 layers, hidden 256), tiny, or smollm2 "
+                        "(SmolLM2-135M: Llama, 30 layers, hidden 576, 9 / 3 heads, vocab 49152, "
+                        "tied embeddings); the flags below override it")
+    m.add_argument("--family", default=None, choices=("qwen2", "llama"), help="architecture")
+    m.add_argument("--tied", default=None, choices=("true", "false"),
+                   help="tie the input embedding and the LM head")
     m.add_argument("--layers", type=int, default=None, help="decoder layers (default 8)")
     m.add_argument("--hidden", type=int, default=None, help="hidden size (default 256)")
     m.add_argument("--heads", type=int, default=None, help="attention heads (default 8)")
@@ -57,6 +65,9 @@ def register(subparsers) -> None:
                    help="skip the extra profiled step that reads the live-tensor peak (CPU)")
     r.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads per cell (0 = torch's default)")
+    r.add_argument("--no-interleave", action="store_true",
+                   help="time each (method, length) cell on its own instead of interleaving the "
+                        "methods repeat by repeat in one process per length")
     r.add_argument("--inline", action="store_true",
                    help="measure in this process instead of one fresh subprocess per cell "
                         "(faster to start; peak-memory readings then share one allocator)")
@@ -67,12 +78,13 @@ def register(subparsers) -> None:
 
 
 def spec_from_args(args):
-    from focusft.experiments.bench import BenchSpec, ModelSpec, TINY_MODEL, parse_length
+    from focusft.experiments.bench import SHAPES, TINY_MODEL, BenchSpec, ModelSpec, parse_length
 
-    base = TINY_MODEL if args.tiny else ModelSpec()
+    base = SHAPES[args.shape] if args.shape else TINY_MODEL if args.tiny else ModelSpec()
     given = {"layers": args.layers, "hidden": args.hidden, "heads": args.heads,
              "kv_heads": args.kv_heads, "intermediate": args.intermediate, "vocab": args.vocab,
-             "dtype": args.dtype}
+             "dtype": args.dtype, "family": args.family,
+             "tied": None if args.tied is None else args.tied == "true"}
     model = ModelSpec(**{**asdict(base), **{k: v for k, v in given.items() if v is not None}})
     lengths = args.lengths or ("256,512" if args.tiny else "1k,2k,4k,8k,16k")
     try:
@@ -84,7 +96,8 @@ def spec_from_args(args):
             live_memory=not args.no_live_memory, inner_steps=args.inner_steps,
             fast_rank=args.fast_rank, fast_alpha=args.fast_alpha,
             fast_layer_fraction=args.fast_layer_fraction, seed=args.seed,
-            isolate=not args.inline, config_timeout=args.config_timeout)
+            isolate=not args.inline, interleave=not args.no_interleave,
+            config_timeout=args.config_timeout)
     except ValueError as err:
         raise UserError(str(err)) from None
 
@@ -97,6 +110,7 @@ def canonical_command(spec, out: str) -> str:
         "--repeats", spec.repeats, "--warmup", spec.warmup, "--out", out,
         "--layers", m.layers, "--hidden", m.hidden, "--heads", m.heads, "--kv-heads", m.kv_heads,
         "--intermediate", m.intermediate, "--vocab", m.vocab, "--dtype", m.dtype,
+        "--family", m.family, "--tied", str(m.tied).lower(),
         "--response-tokens", spec.response_tokens, "--inner-steps", spec.inner_steps,
         "--fast-rank", spec.fast_rank, "--fast-alpha", f"{spec.fast_alpha:g}",
         "--fast-layer-fraction", f"{spec.fast_layer_fraction:g}", "--seed", spec.seed,
@@ -104,7 +118,8 @@ def canonical_command(spec, out: str) -> str:
         "--threads", spec.threads,
         "--config-timeout", f"{spec.config_timeout:g}",
     ]
-    extra = ("" if spec.isolate else " --inline") + ("" if spec.live_memory else " --no-live-memory")
+    extra = ("" if spec.isolate else " --inline") + ("" if spec.live_memory else " --no-live-memory") \
+        + ("" if spec.interleave else " --no-interleave")
     return "focusft bench " + shlex.join(str(x) for x in flags) + extra
 
 
@@ -149,7 +164,8 @@ def _mib(row, key: str = "peak_mem_bytes") -> str:
 
 def render_markdown(report: dict) -> str:
     from focusft.experiments.bench import METHODS, REFERENCE_CPU, REFERENCE_SECONDS
-    from focusft.experiments.bench_sweep import _cell, growth_exponents, is_reference_model
+    from focusft.experiments.bench_sweep import (_cell, growth_exponents, is_reference_model,
+                                                 step_seconds)
 
     spec, mach, res = report["spec"], report["machine"], report["results"]
     model = spec["model"]
@@ -164,17 +180,25 @@ def render_markdown(report: dict) -> str:
         f"{mach['transformers']}, Python {mach['python']}  ",
         "Load average (1, 5, 15 min): start " + _load(report["load_avg_start"]) + ", end "
         + _load(report["load_avg_end"]) + " (per cell below)  ",
-        f"Model: Qwen2 from config, {model['layers']} layers, hidden {model['hidden']}, "
+        f"Model: {_family(model)} from config, {model['layers']} layers, hidden {model['hidden']}, "
         f"{model['heads']} heads / {model['kv_heads']} KV heads, intermediate "
-        f"{model['intermediate']}, vocab {model['vocab']}, {model['dtype']}, random weights  ",
+        f"{model['intermediate']}, vocab {model['vocab']}"
+        f"{', tied embeddings' if model.get('tied') else ''}, {model['dtype']}, random weights  ",
         f"Batch: 1 sequence of S tokens; the last {spec['response_tokens']} are the response "
         f"(one context block, one response block)  ",
         f"Step: layout + forward + backward + AdamW step; FocuSFT adds K = {spec['inner_steps']} "
         f"inner SGD steps (fast LoRA rank {spec['fast_rank']}, alpha {spec['fast_alpha']:g}, "
         f"top {spec['fast_layer_fraction']:.0%} of layers = {report['adapted_layers']} layers, "
         f"{'/'.join(spec['fast_target_modules'])}) inside the outer forward  ",
-        f"Time: median of {spec['repeats']} steps after {spec['warmup']} warm-up step(s); "
-        f"{'one fresh subprocess per cell' if spec['isolate'] else 'all cells in one process'}  ",
+        (f"Time: the methods interleaved repeat by repeat (A B C A B C ...) in one process per "
+         f"length, {spec['warmup']} warm-up step(s) each, then {spec['repeats']} rounds; a step "
+         "time is the median over rounds, a ratio is taken within each round (pair by pair) and "
+         "given as the median [min-max] over rounds, so a drifting machine moves both sides alike. "
+         "Peak memory: one cell (one timed step) per method and length"
+         + (", each in a fresh subprocess  " if spec['isolate'] else "  ")
+         if spec.get("interleave") else
+         f"Time: median of {spec['repeats']} steps after {spec['warmup']} warm-up step(s); "
+         f"{'one fresh subprocess per cell' if spec['isolate'] else 'all cells in one process'}  "),
         "Peak memory: " + _mem_method(res) + ("; live tensors: peak of the running sum of "
         "allocation events of one extra step under torch.profiler(profile_memory=True)"
         if spec.get("live_memory") and mach["device"] == "cpu" else ""), "",
@@ -189,10 +213,10 @@ def render_markdown(report: dict) -> str:
         s = r["seq_len"]
         c, g, f = (_cell(res, m, s) for m in METHODS)
         lines.append(
-            f"| {_k(s)} | {_sec(res, 'sft-causal', s)} | {_sec(res, 'sft-glm', s)} | "
-            f"{_sec(res, 'focusft', s)} | {_secs(f['phases_s']['inner_s'] if f else None)} | "
-            f"{_f(r['focusft_over_glm'])} | {floor['issue']:.3f} | {floor['actual_layers']:.3f} | "
-            f"{_f(r['glm_over_causal'])} | {_mib(c)} | {_mib(g)} | {_mib(f)} | "
+            f"| {_k(s)} | {_sec(report, 'sft-causal', s)} | {_sec(report, 'sft-glm', s)} | "
+            f"{_sec(report, 'focusft', s)} | {_secs(f['phases_s']['inner_s'] if f else None)} | "
+            f"{_pair(r, 'focusft_over_glm')} | {floor['issue']:.3f} | {floor['actual_layers']:.3f} | "
+            f"{_pair(r, 'glm_over_causal')} | {_mib(c)} | {_mib(g)} | {_mib(f)} | "
             f"{_f(r['mem_focusft_over_causal'])} | {_mib(c, 'live_peak_bytes')} | "
             f"{_mib(g, 'live_peak_bytes')} | {_mib(f, 'live_peak_bytes')} | "
             f"{_f(r['live_mem_focusft_over_causal'])} |")
@@ -206,8 +230,7 @@ def render_markdown(report: dict) -> str:
                   "|---:|---|---:|---:|---:|"]
         for s, ref in REFERENCE_SECONDS.items():
             for m in METHODS:
-                row = _cell(res, m, s)
-                ours = row["median_s"] if row else None
+                ours = step_seconds(report, m, s)
                 lines.append(f"| {_k(s)} | {NAMES[m]} | {ref[m]:.2f} | {_secs(ours)} | "
                              f"{_f(_ratio(ours, ref[m]))} |")
     lines += ["", "## Targets", "", "| target | threshold | measured | holds |",
@@ -221,7 +244,9 @@ def render_markdown(report: dict) -> str:
               "| method | peak memory | step time |", "|---|---|---|"]
     for m in METHODS:
         mem = ", ".join(f"{_k(s)}: {e:.2f}" for s, e in growth_exponents(res, m, "peak_mem_bytes"))
-        tim = ", ".join(f"{_k(s)}: {e:.2f}" for s, e in growth_exponents(res, m, "median_s"))
+        timed = [{"method": m, "seq_len": s, "status": "ok", "median_s": step_seconds(report, m, s)}
+                 for s in spec["lengths"] if step_seconds(report, m, s)]
+        tim = ", ".join(f"{_k(s)}: {e:.2f}" for s, e in growth_exponents(timed, m, "median_s"))
         lines.append(f"| {NAMES[m]} | {mem or '–'} | {tim or '–'} |")
     lines += ["", "## Every cell", "",
               "| method | S | status | steps s | min s | forward s | inner s | backward s "
@@ -229,6 +254,20 @@ def render_markdown(report: dict) -> str:
               "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in res:
         lines.append(_detail(row))
+    rounds = [row for row in report.get("interleaved", [])]
+    if rounds:
+        lines += ["", "## Every interleaved round (seconds per step, in the order run)", "",
+                  "| S | round | " + " | ".join(NAMES[m] for m in METHODS) + " | load start → end |",
+                  "|---:|---:|" + "---:|" * len(METHODS) + "---|"]
+        for row in rounds:
+            if row["status"] != "ok":
+                lines.append(f"| {_k(row['seq_len'])} | {row['status']} ({row['reason']}) |"
+                             + " |" * (len(METHODS) + 1))
+                continue
+            for i, r in enumerate(row["rounds"], 1):
+                cells = " | ".join(_secs(r.get(m)) for m in METHODS)
+                lines.append(f"| {_k(row['seq_len'])} | {i} | {cells} | "
+                             f"{_load(row['load_avg_start'])} → {_load(row['load_avg_end'])} |")
     lines += ["", "## Notes", "",
               "- Step time grows ~S^2 by nature (attention); memory must not: no S x S tensor "
               "is formed on any path (block-prefix SDPA; logits at loss positions only).",
@@ -257,13 +296,25 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def _sec(results, method, seq_len) -> str:
-    from focusft.experiments.bench_sweep import _cell
+def _family(model: dict) -> str:
+    return {"qwen2": "Qwen2", "llama": "Llama"}[model.get("family", "qwen2")]
 
-    row = _cell(results, method, seq_len)
-    if row is not None:
-        return _secs(row["median_s"])
-    for r in results:
+
+def _pair(row: dict, key: str) -> str:
+    """A ratio: the median over interleaved rounds [min-max], or the cells' ratio."""
+    pairs = row.get(f"{key}_pairs")
+    if pairs:
+        return f"{pairs['median']:.2f} [{pairs['min']:.2f}-{pairs['max']:.2f}]"
+    return _f(row[key])
+
+
+def _sec(report, method, seq_len) -> str:
+    from focusft.experiments.bench_sweep import step_seconds
+
+    value = step_seconds(report, method, seq_len)
+    if value is not None:
+        return _secs(value)
+    for r in report["results"]:
         if r["method"] == method and r["seq_len"] == seq_len:
             return r["status"]
     return "–"

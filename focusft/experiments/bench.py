@@ -70,9 +70,15 @@ class ModelSpec:
     intermediate: int = 704
     vocab: int = 2048
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    family: str = "qwen2"  # qwen2 | llama (the architecture built from the config)
+    tied: bool = False  # input embedding and LM head share one matrix
 
 
 TINY_MODEL = ModelSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=176, vocab=512)
+# SmolLM2-135M-Instruct's shape (its config.json): the real base of `focusft experiment --task real`
+SMOLLM2_MODEL = ModelSpec(layers=30, hidden=576, heads=9, kv_heads=3, intermediate=1536,
+                          vocab=49152, family="llama", tied=True)
+SHAPES = {"reference": ModelSpec(), "tiny": TINY_MODEL, "smollm2": SMOLLM2_MODEL}
 
 
 @dataclass
@@ -98,6 +104,7 @@ class BenchSpec:
     outer_lr: float = 1e-5
     seed: int = 0
     isolate: bool = True  # one subprocess per (method, length)
+    interleave: bool = True  # step times: the methods interleaved repeat by repeat, per length
     config_timeout: float = 1800.0  # seconds per (method, length) subprocess
 
     def __post_init__(self):
@@ -152,17 +159,19 @@ def resolve_device(name: str) -> str:
 
 
 def build_model(spec: ModelSpec, max_len: int, device: str):
-    """A Qwen2ForCausalLM with random weights, on the block-prefix ("focusft") attention."""
+    """A Qwen2 / Llama causal LM with random weights, on the block-prefix ("focusft") attention."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     from focusft.core import attention
 
-    cfg = Qwen2Config(vocab_size=spec.vocab, hidden_size=spec.hidden,
-                      intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
-                      num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
-                      max_position_embeddings=max_len, tie_word_embeddings=False)
-    model = Qwen2ForCausalLM(cfg).to(device=device, dtype=getattr(torch, spec.dtype))
+    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM),
+                                 "llama": (LlamaConfig, LlamaForCausalLM)}[spec.family]
+    cfg = config_class(vocab_size=spec.vocab, hidden_size=spec.hidden,
+                       intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
+                       num_attention_heads=spec.heads, num_key_value_heads=spec.kv_heads,
+                       max_position_embeddings=max_len, tie_word_embeddings=spec.tied)
+    model = model_class(cfg).to(device=device, dtype=getattr(torch, spec.dtype))
     attention.use_focusft_attention(model)
     return model.train()
 
@@ -342,6 +351,33 @@ def measure(spec: BenchSpec, method: str, seq_len: int) -> dict:
     }
 
 
+def measure_interleaved(spec: BenchSpec, seq_len: int) -> dict:
+    """Step times of every method at ``seq_len`` in one process, interleaved repeat by repeat
+    (A B C A B C ...): one model and batch, one `Stepper` (and AdamW) per method; each method's
+    warm-up first, then ``repeats`` rounds of one timed step per method. A slow drift of the
+    machine then moves every method of a round alike, so a ratio is taken within each round
+    (pair by pair) and summarised over rounds by its median and range (`bench_sweep.ratios`)."""
+    import torch
+
+    if spec.threads > 0:
+        torch.set_num_threads(spec.threads)
+    device = resolve_device(spec.device)
+    torch.manual_seed(spec.seed)
+    load_start = os.getloadavg()
+    model = build_model(spec.model, seq_len, device)
+    batch = build_batch(seq_len, spec.response_tokens, spec.model.vocab, device, spec.seed)
+    steppers = {m: Stepper(model, batch, m, spec, device) for m in spec.methods}
+    for stepper in steppers.values():
+        stepper.prime_optimizer()
+        for _ in range(spec.warmup):
+            stepper()
+    rounds = [{m: stepper()["step_s"] for m, stepper in steppers.items()}
+              for _ in range(spec.repeats)]
+    return {"seq_len": seq_len, "status": "ok", "order": list(spec.methods), "rounds": rounds,
+            "median_s": {m: statistics.median(r[m] for r in rounds) for m in spec.methods},
+            "load_avg_start": load_start, "load_avg_end": os.getloadavg()}
+
+
 def live_tensor_memory(stepper: Stepper) -> dict:
     """Peak and retained live tensor bytes of one step, from the profiler's allocation events."""
     from torch.profiler import ProfilerActivity, profile
@@ -357,8 +393,9 @@ def live_tensor_memory(stepper: Stepper) -> dict:
     return {"live_peak_bytes": peak, "retained_bytes": live}
 
 
-def measure_isolated(spec: BenchSpec, method: str, seq_len: int) -> dict:
-    """`measure` in a fresh subprocess (clean peak memory); failures become a result row."""
+def measure_isolated(spec: BenchSpec, method: str | None, seq_len: int) -> dict:
+    """`measure` (``method=None``: `measure_interleaved`) in a fresh subprocess (clean peak
+    memory); failures become a result row."""
     payload = json.dumps({"spec": asdict(spec), "method": method, "seq_len": seq_len})
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -386,7 +423,9 @@ def _failed(method: str, seq_len: int, status: str, why: str) -> dict:
 
 def _worker(argv: list[str]) -> int:
     job = json.loads(argv[0])
-    result = measure(BenchSpec.from_dict(job["spec"]), job["method"], job["seq_len"])
+    spec = BenchSpec.from_dict(job["spec"])
+    result = (measure_interleaved(spec, job["seq_len"]) if job["method"] is None
+              else measure(spec, job["method"], job["seq_len"]))
     print(RESULT_TAG + json.dumps(result), flush=True)
     return 0
 

@@ -11,12 +11,14 @@ import math
 import os
 import platform
 import re
+import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from focusft.experiments.bench import (METHODS, REFERENCE_SECONDS, BenchSpec, ModelSpec, _failed,
-                                       cost_floor, measure, measure_isolated, resolve_device)
+                                       cost_floor, measure, measure_interleaved, measure_isolated,
+                                       resolve_device)
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -56,9 +58,13 @@ def _meminfo_kib(key: str) -> int:
     return int(match.group(1))
 
 
-def run_sweep(spec: BenchSpec, log=print) -> list[dict]:
-    """All (length, method) cells, length-major so the methods of a length run close in time."""
-    results, last = [], {}
+def run_sweep(spec: BenchSpec, log=print) -> tuple[list[dict], list[dict]]:
+    """(cells, interleaved rows), length-major. Per length: one cell per method (its own
+    process: peak memory, phases; with ``interleave`` a single timed step, since the step time
+    comes from the next part), then the methods whose cell fitted, interleaved repeat by repeat
+    in one process (`bench.measure_interleaved`): the step times and their ratios."""
+    results, interleaved, last = [], [], {}
+    cell_spec = replace(spec, repeats=1) if spec.interleave else spec
     for seq_len in spec.lengths:
         for method in spec.methods:
             reason = skip_reason(last.get(method), seq_len, spec)
@@ -66,11 +72,24 @@ def run_sweep(spec: BenchSpec, log=print) -> list[dict]:
                 row = _failed(method, seq_len, "skipped", reason)
             else:
                 run = measure_isolated if spec.isolate else measure
-                row = run(spec, method, seq_len)
+                row = run(cell_spec, method, seq_len)
                 last[method] = row
             results.append(row)
             log(_progress_line(row))
-    return results
+        fitted = tuple(r["method"] for r in results if r["seq_len"] == seq_len and r["status"] == "ok")
+        if spec.interleave and len(fitted) > 1:
+            run = measure_isolated if spec.isolate else (lambda s, _, n: measure_interleaved(s, n))
+            row = run(replace(spec, methods=fitted), None, seq_len)
+            interleaved.append(row)
+            log(_interleaved_line(row))
+    return results, interleaved
+
+
+def _interleaved_line(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"interleaved S={row['seq_len']:>6}: {row['status']} ({row['reason']})"
+    medians = ", ".join(f"{m} {s:.3f} s" for m, s in row["median_s"].items())
+    return f"interleaved S={row['seq_len']:>6}: medians {medians}"
 
 
 def _progress_line(row: dict) -> str:
@@ -110,7 +129,7 @@ def run_benchmark(spec: BenchSpec, command: str, log=print) -> dict:
 
     load_start = os.getloadavg()
     started = time.time()
-    results = run_sweep(spec, log)
+    results, interleaved = run_sweep(spec, log)
     adapted = len(adapted_layer_indices(spec.model.layers, spec.fast_layer_fraction))
     report = {
         "command": command, "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -119,7 +138,7 @@ def run_benchmark(spec: BenchSpec, command: str, log=print) -> dict:
         "adapted_layers": adapted,
         "cost_floor": {"issue": cost_floor(spec.inner_steps, spec.fast_layer_fraction),
                        "actual_layers": cost_floor(spec.inner_steps, adapted / spec.model.layers)},
-        "results": results,
+        "results": results, "interleaved": interleaved,
     }
     report["ratios"] = ratios(report)
     report["targets"] = targets(report)
@@ -142,19 +161,48 @@ def is_reference_model(spec: dict) -> bool:
     return spec["model"] == asdict(ModelSpec()) and spec["response_tokens"] == 64
 
 
+def interleaved_row(report: dict, seq_len: int) -> dict | None:
+    for row in report.get("interleaved", []):
+        if row["seq_len"] == seq_len and row["status"] == "ok":
+            return row
+    return None
+
+
+def step_seconds(report: dict, method: str, seq_len: int) -> float | None:
+    """The step time of a method: the median of its interleaved rounds when measured so, else
+    its cell's median."""
+    row = interleaved_row(report, seq_len)
+    if row is not None and method in row["median_s"]:
+        return row["median_s"][method]
+    cell = _cell(report["results"], method, seq_len)
+    return cell["median_s"] if cell else None
+
+
+def pairwise(report: dict, seq_len: int, num: str, den: str) -> dict | None:
+    """{median, min, max, n} of num / den taken round by round (both measured in each round)."""
+    row = interleaved_row(report, seq_len)
+    if row is None or num not in row["median_s"] or den not in row["median_s"]:
+        return None
+    values = sorted(r[num] / r[den] for r in row["rounds"])
+    return {"median": statistics.median(values), "min": values[0], "max": values[-1],
+            "n": len(values)}
+
+
 def ratios(report: dict) -> list[dict]:
     rows, res = [], report["results"]
     reference = is_reference_model(report["spec"]) and report["machine"]["device"] == "cpu"
     for seq_len in report["spec"]["lengths"]:
         c, g, f = (_cell(res, m, seq_len) for m in METHODS)
-        t = {m: (row["median_s"] if row else None) for m, row in zip(METHODS, (c, g, f))}
+        t = {m: step_seconds(report, m, seq_len) for m in METHODS}
+        fg, gc = pairwise(report, seq_len, "focusft", "sft-glm"), pairwise(report, seq_len, "sft-glm", "sft-causal")
         mem = {m: (row["peak_mem_bytes"] if row else None) for m, row in zip(METHODS, (c, g, f))}
         live = {m: (row.get("live_peak_bytes") if row else None) for m, row in zip(METHODS, (c, g, f))}
         ref = REFERENCE_SECONDS.get(seq_len, {}) if reference else {}
         rows.append({
             "seq_len": seq_len,
-            "focusft_over_glm": _div(t["focusft"], t["sft-glm"]),
-            "glm_over_causal": _div(t["sft-glm"], t["sft-causal"]),
+            "focusft_over_glm": fg["median"] if fg else _div(t["focusft"], t["sft-glm"]),
+            "glm_over_causal": gc["median"] if gc else _div(t["sft-glm"], t["sft-causal"]),
+            "focusft_over_glm_pairs": fg, "glm_over_causal_pairs": gc,
             "mem_focusft_over_causal": _div(mem["focusft"], mem["sft-causal"]),
             "live_mem_focusft_over_causal": _div(live["focusft"], live["sft-causal"]),
             "inner_share_of_glm": _div(f["phases_s"]["inner_s"] if f else None, t["sft-glm"]),

@@ -7,7 +7,7 @@ import pytest
 
 from focusft import cli
 from focusft.experiments.bench import METHODS, BenchSpec, cost_floor, parse_length
-from focusft.experiments.bench_sweep import skip_reason
+from focusft.experiments.bench_sweep import pairwise, skip_reason, step_seconds
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_tiny_bench_measures_every_method_and_length(tiny_report):
     assert set(cells) == {(m, s) for m in METHODS for s in (256, 512)}
     for (method, _), row in cells.items():
         assert row["status"] == "ok", row
-        assert len(row["times_s"]) == 2 and all(t > 0 for t in row["times_s"])
+        assert len(row["times_s"]) == 1 and all(t > 0 for t in row["times_s"])  # memory cells
         assert row["median_s"] > 0 and row["peak_mem_bytes"] > 0 and row["live_peak_bytes"] > 0
         assert "retained_bytes" in row
         assert all(math.isfinite(x) for x in row["losses"])
@@ -82,3 +82,39 @@ def test_longer_lengths_are_skipped_when_they_cannot_fit():
     assert "config-timeout" in skip_reason({**ok, "median_s": 10.0}, 2048, spec)
     assert "GiB" in skip_reason({**ok, "peak_mem_bytes": 2**50}, 2048, spec)
     assert "timeout at 1024" in skip_reason({"status": "timeout", "seq_len": 1024}, 2048, spec)
+
+
+def test_tiny_bench_interleaves_the_methods_round_by_round(tiny_report):
+    report, md = tiny_report
+    assert [r["seq_len"] for r in report["interleaved"]] == [256, 512]
+    for row in report["interleaved"]:
+        assert row["status"] == "ok" and row["order"] == list(METHODS)
+        assert len(row["rounds"]) == 2 and all(set(r) == set(METHODS) for r in row["rounds"])
+        assert all(s > 0 for r in row["rounds"] for s in r.values())
+    for r in report["ratios"]:
+        pairs = r["focusft_over_glm_pairs"]
+        assert pairs["n"] == 2 and pairs["min"] <= pairs["median"] <= pairs["max"]
+        assert r["focusft_over_glm"] == pairs["median"]
+    assert "## Every interleaved round" in md and "pair by pair" in md
+
+
+def test_ratios_are_taken_pair_by_pair_so_drift_cancels():
+    # the machine slows down 4x over the rounds; FocuSFT is always 1.5x SFT-GLM within a round
+    rounds = [{"sft-glm": s, "focusft": 1.5 * s} for s in (1.0, 2.0, 4.0)]
+    report = {"interleaved": [{"seq_len": 1024, "status": "ok", "rounds": rounds,
+                               "median_s": {"sft-glm": 2.0, "focusft": 3.0}}], "results": []}
+    pairs = pairwise(report, 1024, "focusft", "sft-glm")
+    assert pairs == {"median": 1.5, "min": 1.5, "max": 1.5, "n": 3}
+    assert step_seconds(report, "focusft", 1024) == 3.0
+    assert pairwise(report, 2048, "focusft", "sft-glm") is None
+
+
+def test_smollm2_shape_builds_the_real_bases_architecture():
+    from focusft.experiments.bench import SHAPES, build_model
+
+    spec = SHAPES["smollm2"]
+    assert (spec.layers, spec.hidden, spec.heads, spec.kv_heads, spec.vocab) == (30, 576, 9, 3, 49152)
+    small = type(spec)(**{**spec.__dict__, "layers": 2, "vocab": 256})
+    model = build_model(small, 64, "cpu")
+    assert model.config.model_type == "llama" and model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
