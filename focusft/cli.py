@@ -20,6 +20,7 @@ COMMANDS = {
     "diagnose": "focusft.commands.diagnose",
     "bench": "focusft.commands.bench",
     "experiment": "focusft.commands.experiment",
+    "model": "focusft.commands.model",
 }
 
 
