@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     inspect = p.add_argument_group("inspect")
     inspect.add_argument("--data", default=None, help="inspect: chat rows (same forms as focusft train --data)")
     inspect.add_argument("--model", default=None,
-                         help="inspect: local model/tokenizer directory (default: the embedded default's tokenizer)")
+                         help="inspect: local model/tokenizer directory or .gguf file (default: the embedded default's tokenizer)")
     inspect.add_argument("--rows", type=int, default=3, help="inspect: first N rows to show (>= 1)")
     inspect.add_argument("--json", default=None, metavar="OUT",
                          help="inspect: also write every token's id, text and trained flag here")

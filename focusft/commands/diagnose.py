@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("diagnose", help="attention-sink / context-engagement diagnostics",
                               description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--model", action="append", required=True, metavar="PATH",
-                   help="local checkpoint directory; repeat to compare models")
+                   help="local checkpoint directory or .gguf file; repeat to compare models")
     p.add_argument("--data", required=True, metavar="FILE",
                    help="chat rows: .jsonl/.json/.parquet or a save_to_disk directory")
     p.add_argument("--samples", type=int, default=8, help="first N rows to measure (>= 1)")
@@ -66,7 +66,7 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     write_text(os.path.join(args.out, "table.md"), table)
     meta = {"data": args.data, "samples": len(rows), "sink_k": args.sink_k, "masks": masks,
-            "model_paths": dict(_labels(args.model))}
+            "model_paths": dict(_labels(args.model)), "weights": _weights(args)}
     write_json(os.path.join(args.out, "metrics.json"), to_json(results, meta))
     plot_layers(os.path.join(args.out, "layers.png"), results, args.sink_k)
     plot_strip(os.path.join(args.out, "strip.png"), results, masks[0], strip_sample or 0)
@@ -82,13 +82,26 @@ def _check_flags(args) -> None:
         raise UserError(f"--chunk_size is {args.chunk_size}; expected an integer >= 1")
     from focusft.sources.model_dir import check_model_dir
 
+    from focusft.sources import gguf_file
+
     for path in args.model:
-        if not os.path.isdir(path):
+        if not os.path.isdir(path) and gguf_file.find(path) is None:
             raise UserError(f"--model {path}: not a local checkpoint directory; pass a directory "
-                            "written by save_pretrained")
+                            "written by save_pretrained (or a .gguf file)")
         check_model_dir(path, "--model")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out}: exists and is not a directory")
+
+
+def _weights(args) -> dict[str, str]:
+    """What each model's weights are, where it records it (a GGUF quantization dequantized)."""
+    from focusft.sources.pretrained import provenance
+
+    notes = {label: provenance(path, args.dtype) for label, path in _labels(args.model)}
+    for label, note in notes.items():
+        if note:
+            print(f"{label}: {note}", file=sys.stderr)
+    return {label: note for label, note in notes.items() if note}
 
 
 def _labels(paths: list[str]) -> list[tuple[str, str]]:
@@ -115,13 +128,26 @@ def _load(path: str, args):
 
     from focusft.sources.model_dir import check_model_dir, check_vocab_fits, load_tokenizer
 
+    from focusft.sources import gguf_file
+
     check_model_dir(path, "--model")
+    if (file := gguf_file.find(path, "--model")) is not None:
+        model, tokenizer, _ = gguf_file.load(file, args.dtype, "--model")
+        return _placed(model, tokenizer, path, args)
     tokenizer = load_tokenizer(path, "--model")
     try:  # safetensors only: a pickled checkpoint is refused above and never read here
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                      use_safetensors=True, dtype=getattr(torch, args.dtype))
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"--model {path}: cannot load the checkpoint ({exc})") from exc
+    return _placed(model, tokenizer, path, args)
+
+
+def _placed(model, tokenizer, path: str, args):
+    import torch
+
+    from focusft.sources.model_dir import check_vocab_fits
+
     check_vocab_fits(model, tokenizer, f"--model {path}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return tokenizer, model.to(device)

@@ -14,7 +14,7 @@ def _csv(text: str) -> list[str]:
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="long-context evaluation (BABILong / RULER / agentic)")
     p.add_argument("--model", action="append", required=True,
-                   help="checkpoint directory (repeat to compare models side by side)")
+                   help="checkpoint directory or .gguf file (repeat to compare models side by side)")
     p.add_argument("--suite", choices=["babilong", "ruler", "agentic"], default="babilong")
     p.add_argument("--tasks", default=None,
                    help="comma list; default qa1..qa5 (babilong), all 13 tasks (ruler), all "

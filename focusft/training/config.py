@@ -40,7 +40,8 @@ def _help(text: str, **extra) -> dict:
 class FocusConfig(TrainingArguments):
     # --- model and data ------------------------------------------------------------------
     model: str | None = field(default=None, metadata=_help(
-        "Model directory or hub name. Unset: the embedded tiny default (built locally)."))
+        "Model directory, hub name, or a .gguf file (dequantized on load; see `focusft model`). "
+        "Unset: the embedded tiny default (built locally)."))
     data: str | None = field(default=None, metadata=_help(
         "Training data: .parquet, .jsonl, .json or a saved datasets directory, with a "
         "`messages` column (or prompt/completion). Unset: the embedded default's generated set."))

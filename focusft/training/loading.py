@@ -1,7 +1,8 @@
 """The model to train and its tokenizer, from what the user named.
 
 ``--model`` may be a local model directory, a hub name, a PEFT adapter directory (its base is
-loaded under it), or nothing: the embedded default (``focusft.sources.default``). Directories
+loaded under it), a GGUF file (``focusft.sources.gguf_file``: dequantized, trained and saved as a
+plain model), or nothing: the embedded default (``focusft.sources.default``). Directories
 are checked before loading (``focusft.sources.model_dir``): safetensors weights only, the
 tokenizer's vocabulary must fit the embedding.
 """
@@ -25,8 +26,11 @@ def load_model_and_tokenizer(cfg: FocusConfig):
         return default.build_default_model(tokenizer, seed=cfg.seed), tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from focusft.sources import gguf_file
     from focusft.sources.model_dir import check_model_dir, check_vocab_fits
 
+    if (file := gguf_file.find(cfg.model, "--model")) is not None:
+        return _load_gguf(file, cfg, quantization)
     # an adapter directory (PEFT) holds adapter weights and the tokenizer, not the base model
     check_model_dir(cfg.model, "--model", weights=not adapters.is_adapter_dir(cfg.model))
     kwargs = dict(trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
@@ -45,6 +49,22 @@ def load_model_and_tokenizer(cfg: FocusConfig):
                         f"(safetensors weights required): {local}{str(err).splitlines()[0]}") from None
     if quantization is not None:
         adapters.keep_4bit_differentiable(model)
+    check_vocab_fits(model, tokenizer, f"--model {cfg.model}")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_gguf(file, cfg: FocusConfig, quantization):
+    """A GGUF file, dequantized to the run's dtype: trained (and saved) as a plain model."""
+    from focusft.sources import gguf_file
+    from focusft.sources.model_dir import check_vocab_fits
+
+    if quantization is not None:
+        raise UserError(f"--model {cfg.model}: --load_in_4bit / --load_in_8bit cannot re-quantize "
+                        "a GGUF file; train it dequantized (drop the flag), or write it out first "
+                        "with focusft model convert FILE --out DIR and quantize that")
+    model, tokenizer, _ = gguf_file.load(file, "bfloat16" if cfg.bf16 else "float32", "--model")
     check_vocab_fits(model, tokenizer, f"--model {cfg.model}")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -39,7 +39,7 @@ def model_card(cfg: FocusConfig, metrics: dict, adapter: bool) -> str:
 
 Fine-tuned from **{base}** with **{_method(cfg)}** using
 [focusft](https://arxiv.org/abs/2605.09932) (FocuSFT: bilevel, dilution-aware long-context SFT).
-
+{_weights(cfg)}
 {_method_text(cfg)}
 
 ## Data
@@ -65,6 +65,14 @@ The full resolved configuration is `focusft.yaml` (reusable as `focusft train --
 
 {_how_to_load(adapter)}
 """
+
+
+def _weights(cfg: FocusConfig) -> str:
+    """A line on the base's weights when it records one (a quantization dequantized)."""
+    from focusft.sources.pretrained import provenance
+
+    note = provenance(cfg.model)
+    return f"\nBase weights: {note}.\n" if note else ""
 
 
 def _title(cfg: FocusConfig) -> str:

@@ -124,6 +124,10 @@ def save_final(trainer, tokenizer, cfg: FocusConfig, metrics: dict | None = None
         trainer.save_model(str(tmp), _internal_call=True)
     tokenizer.save_pretrained(str(tmp))
     (tmp / "focusft.yaml").write_text(cfg.to_yaml())
+    from focusft.sources.pretrained import SOURCE_FILE, lineage_record
+
+    if (lineage := lineage_record(cfg.model)) is not None:  # e.g. a dequantized GGUF base
+        (tmp / SOURCE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")
     (tmp / "README.md").write_text(model_card(cfg, metrics or {}, adapter))
     if final.exists():
         shutil.rmtree(final)

