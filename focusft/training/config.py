@@ -88,8 +88,13 @@ class FocusConfig(TrainingArguments):
     attention_kernel: str = field(default="sdpa", metadata=_help(
         "sdpa (block by block through SDPA; CPU and CUDA) | flex (one FlexAttention BlockMask "
         "call, compiled; CUDA only: FlexAttention has no CPU backward in torch 2.13)."))
-    inner_steps: int = field(default=2, metadata=_help("Inner SGD steps K per micro-batch (0 = SFT)."))
-    inner_lr: float = field(default=1.0, metadata=_help("Inner SGD learning rate."))
+    inner_steps: int = field(default=2, metadata=_help(
+        "Inner SGD steps K per micro-batch (0 = SFT). If the trainer warns that the inner loop "
+        "hurts (inner_harm above --harm_warn_ratio), fewer steps (1) is one fix."))
+    inner_lr: float = field(default=1.0, metadata=_help(
+        "Inner SGD learning rate (the paper's 1.0). Too high for a base and the adapted fast "
+        "weights wreck the outer loss: the trainer logs inner_harm (outer loss with the adapted "
+        "fast weights / without them) and warns above --harm_warn_ratio; lower it (0.1, 0.01)."))
     inner_clip: float = field(default=1.0, metadata=_help(
         "Inner gradient-norm clip (per sample); <= 0 disables."))
     inner_clip_mode: str = field(default="tensor", metadata=_help(
@@ -121,6 +126,12 @@ class FocusConfig(TrainingArguments):
         "Warn when the outer loss stays below this fraction of the base (pre-adaptation) loss."))
     leak_warn_patience: int = field(default=3, metadata=_help(
         "... for this many consecutive logging windows (leakage of the label into fast weights)."))
+    harm_warn_ratio: float = field(default=1.5, metadata=_help(
+        "Warn when inner_harm, the outer loss with the adapted fast weights over the loss without "
+        "them, stays above this (the inner loop makes predictions worse: lower --inner_lr or "
+        "--inner_steps)."))
+    harm_warn_patience: int = field(default=2, metadata=_help(
+        "... for this many consecutive logging windows."))
     # --- attention diagnostics during training (focusft.diagnostics) -----------------------
     diagnostics_steps: int = field(default=0, metadata=_help(
         "Every N optimizer steps (and before the first), measure sink mass and context "
@@ -159,6 +170,7 @@ class FocusConfig(TrainingArguments):
                             f"{self.diagnostics_mask!r}")
         _check_range("max_length", self.max_length, low=2)
         _check_range("inner_steps", self.inner_steps, low=0)
+        _check_range("harm_warn_patience", self.harm_warn_patience, low=1)
         _check_range("fast_rank", self.fast_rank, low=1)
         _check_range("fast_layer_fraction", self.fast_layer_fraction, low=0.0, high=1.0, low_open=True)
         _check_range("fast_dropout", self.fast_dropout, low=0.0, high=1.0)
@@ -191,6 +203,7 @@ _POSITIVE_INTS = ("per_device_train_batch_size", "per_device_eval_batch_size",
                   "gradient_accumulation_steps")
 _FINITE = (("learning_rate", 0.0, False), ("weight_decay", 0.0, False), ("inner_lr", 0.0, False),
            ("inner_clip", None, False), ("fast_alpha", 0.0, True), ("leak_warn_ratio", 0.0, False),
+           ("harm_warn_ratio", 0.0, True),
            ("max_grad_norm", 0.0, False), ("warmup_steps", 0.0, False), ("logging_steps", 0.0, True),
            ("adam_epsilon", 0.0, True), ("num_train_epochs", None, False))
 

@@ -12,7 +12,14 @@ gradient accumulation, distribution, checkpointing and the loggers. This class o
   over everything that contributes to one update, whatever the split into ranks and micro-batches;
 * logs inner losses per inner step (``inner_loss_1`` is the base model's loss, before any
   update), inner gradient norms, skipped inner updates and tokens/s, and warns when the outer
-  loss sits far below the base loss (the fast weights leaking the label).
+  loss sits far below the base loss (the fast weights leaking the label) or far above it
+  (``inner_harm``: the inner updates overshoot and make the predictions worse).
+
+``inner_harm`` is the outer loss with the adapted fast weights over the same loss without them,
+on the same micro-batches. With the ``response`` objective the loss without them is
+``inner_loss_1`` (the inner loop's first loss is the base model's own loss on the outer
+targets, under the outer mask), so it costs nothing; with ``context`` one extra no-grad forward
+of the first micro-batch of each logging window measures it.
 """
 
 from __future__ import annotations
@@ -79,6 +86,23 @@ def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id
 
 
+def inner_harm(window: dict[str, float], objective: str) -> float | None:
+    """Outer loss with the adapted fast weights / without them, over a logging window.
+
+    >>> inner_harm({"outer_loss": 6.0, "inner_loss_1": 2.0}, "response")
+    3.0
+    >>> inner_harm({"outer_loss": 6.0, "outer_loss_no_fast": 4.0, "_harm_adapted": 2.0}, "context")
+    0.5
+    """
+    if objective == "response":
+        adapted, base = window.get("outer_loss"), window.get("inner_loss_1")
+    else:
+        adapted, base = window.get("_harm_adapted"), window.get("outer_loss_no_fast")
+    if adapted is None or base is None or not base > 0:
+        return None
+    return adapted / base
+
+
 class StepMeter:
     """Averages per-step statistics between two log lines (tensors read only at log time)."""
 
@@ -141,7 +165,8 @@ class FocusTrainer(Trainer):
         self._loss_shifts_labels = False
         self.model_accepts_loss_kwargs = True
         self.meter = StepMeter()
-        self._leak_windows = 0
+        self._leak_windows = self._harm_windows = 0
+        self._harm_probe_due = True  # context objective: measure one micro-batch per window
         self._focus_eval: torch.Tensor | None = None  # (CE sum, tokens) while evaluating
 
     # -- the focusft attention and fast weights, only while the Trainer runs the model -------
@@ -216,12 +241,15 @@ class FocusTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
+        base = None
         if self.bilevel is not None and self._attached:
+            if model.training and self._harm_probe_due and self.args.inner_objective == "context":
+                base = self._loss_without_fast_weights(model, inputs, layout)
             self._prepare_inner(inputs, model.training)
         logits, kept, aux = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
         loss, n_tokens = logits_loss(logits, kept, num_items_in_batch, aux)
         if model.training:
-            self._record(inputs, loss, n_tokens, num_items_in_batch)
+            self._record(inputs, loss, n_tokens, num_items_in_batch, base)
         elif self._focus_eval is not None:
             self._eval_with_inner_loop(model, inputs, layout)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
@@ -274,10 +302,24 @@ class FocusTrainer(Trainer):
         arm_inner(self.fast, self.bilevel, inputs, seeds, self.args.inner_objective,
                   self.args.attention_kernel)
 
-    def _record(self, inputs, loss, n_tokens, num_items) -> None:
+    def _loss_without_fast_weights(self, model, inputs, layout) -> torch.Tensor:
+        """The outer loss of this micro-batch by the model alone (no grad, RNG untouched)."""
+        self._harm_probe_due = False
+        self.fast.clear()
+        device = inputs["input_ids"].device
+        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            loss, _ = outer_loss(model, inputs, layout, None)
+        return loss.detach()
+
+    def _record(self, inputs, loss, n_tokens, num_items, base=None) -> None:
         self.meter.tokens += int(inputs["attention_mask"].sum())
+        own = None
         if num_items is not None:  # this micro-batch's own token mean, for the leak check
-            self.meter.add("outer_loss", loss.detach() * num_items / n_tokens.clamp(min=1))
+            own = loss.detach() * num_items / n_tokens.clamp(min=1)
+            self.meter.add("outer_loss", own)
+        if base is not None and own is not None:  # the context objective's harm probe
+            self.meter.add("outer_loss_no_fast", base)
+            self.meter.add("_harm_adapted", own)
         stats = self.bilevel.stats if self.bilevel is not None else None
         if stats is None:
             return
@@ -288,9 +330,29 @@ class FocusTrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
-            logs.update({k: round(v, 4) for k, v in self.meter.flush().items()})
+            window = self.meter.flush()
+            harm = inner_harm(window, self.args.inner_objective)
+            logs.update({k: round(v, 4) for k, v in window.items() if not k.startswith("_")})
+            if harm is not None:
+                logs["inner_harm"] = round(harm, 4)
+            self._harm_probe_due = True
             self._check_leak(logs)
+            self._check_harm(logs)
         super().log(logs, *args, **kwargs)
+
+    def _check_harm(self, logs: dict) -> None:
+        harm = logs.get("inner_harm")
+        if harm is None or self.args.inner_steps == 0:
+            return
+        self._harm_windows = self._harm_windows + 1 if harm > self.args.harm_warn_ratio else 0
+        if self._harm_windows == self.args.harm_warn_patience:
+            logger.warning(
+                "focusft: the inner loop makes the outer loss worse: with the adapted fast weights "
+                "it is %.3g x the loss without them (inner_harm, above --harm_warn_ratio %.2g) for "
+                "%d logging windows, so the inner updates overshoot (--inner_lr %g, --inner_steps "
+                "%d) and the SFT step trains against wrecked predictions. Lower --inner_lr (e.g. "
+                "to a tenth) or use fewer --inner_steps.", harm, self.args.harm_warn_ratio,
+                self._harm_windows, self.args.inner_lr, self.args.inner_steps)
 
     def _check_leak(self, logs: dict) -> None:
         base, outer = logs.get("inner_loss_1"), logs.get("outer_loss")
