@@ -127,11 +127,19 @@ def _check_architecture(info: GgufInfo, flag: str) -> None:
     import transformers
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
-    if info.architecture not in GGUF_SUPPORTED_ARCHITECTURES:
+    known = sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - {"general", "tokenizer"})  # not models
+    # transformers renames some llama.cpp spellings (qwen2moe -> qwen2_moe, gpt-oss -> gpt_oss,
+    # t5encoder -> t5): compare without separators, and any T5 variant as t5
+    canon = {_canon(k) for k in known}
+    if _canon(info.architecture) not in canon and "t5" not in info.architecture:
         raise UserError(f"{flag} {info.path}: its architecture {info.architecture!r} is not one "
                         f"transformers {transformers.__version__} can load from GGUF (it can: "
-                        f"{', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}); convert the model "
-                        "to a Hugging Face directory with another tool, or upgrade transformers")
+                        f"{', '.join(known)}); convert the model to a Hugging Face directory with "
+                        "another tool, or upgrade transformers")
+
+
+def _canon(name: str) -> str:
+    return name.lower().replace("-", "").replace("_", "")
 
 
 def _check_tensor_types(info: GgufInfo, flag: str) -> None:
