@@ -8,7 +8,7 @@ import pytest
 
 from chat_fixtures import chatml_tokenizer, save_chat_model
 from focusft import FocusConfig, FocusTrainer
-from focusft.trainer import inner_harm
+from focusft.training.trainer import inner_harm
 
 ROWS = [{"messages": [{"role": "user", "content": f"Item {i} is in box {i % 3}. Where is item {i}?"},
                       {"role": "assistant", "content": f"In box {i % 3}."}]} for i in range(6)]

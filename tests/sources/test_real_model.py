@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("gguf")
 
 from focusft import FocusConfig, FocusTrainer  # noqa: E402
-from focusft.pretrained import SOURCE_FILE, RegistryUnreachable, obtain  # noqa: E402
+from focusft.sources.pretrained import SOURCE_FILE, RegistryUnreachable, obtain  # noqa: E402
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 
@@ -51,8 +51,8 @@ def test_the_base_records_where_its_weights_come_from(base):
 
 
 def test_greedy_answer_of_the_base(loaded):
-    from focusft.eval_runner import stop_token_ids
-    from focusft.inference import greedy_generate
+    from focusft.evaluation.runner import stop_token_ids
+    from focusft.evaluation.inference import greedy_generate
 
     model, tokenizer = loaded
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
@@ -63,7 +63,7 @@ def test_greedy_answer_of_the_base(loaded):
 
 
 def test_self_check_then_two_focusft_steps(base, loaded, tmp_path):
-    from focusft import selfcheck
+    from focusft.core import selfcheck
     from focusft.evaluation.chat import make_chat_rows
 
     model, tokenizer = loaded
