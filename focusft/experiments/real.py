@@ -127,7 +127,7 @@ def select_inner(cfg: ExperimentConfig, data: str, probe: str, max_length: int, 
             args = train_flags(cfg, name, seed, data, probe, max_length, flags)
             args = _with(args, {"--max_steps": str(cfg.select_steps), "--eval_data": validation,
                                 "--warmup_steps": str(max(1, cfg.select_steps // 10)),
-                                "--diagnostics_steps": str(10 ** 6)})
+                                "--diagnostics_steps": "0"})  # no attention probe here
             args += ["--eval_strategy", "steps", "--eval_steps", str(cfg.select_steps)]
             log(f"select {name}")
             result = train_one(args, log)
