@@ -28,25 +28,30 @@ def split_items(values, keep_paths: bool = False) -> list[str]:
 
 class _ListAction(argparse.Action):
     """Collects space- or comma-separated values; a repeated flag adds to what came before
-    (the default is replaced by the first use)."""
+    (the default is replaced by the first use). With ``join`` the items are stored as one
+    string joined by it (a ``--data`` spec)."""
 
-    def __init__(self, *args, keep_paths: bool = False, **kwargs):
-        self.keep_paths = keep_paths
+    def __init__(self, *args, keep_paths: bool = False, join: str | None = None, **kwargs):
+        self.keep_paths, self.join = keep_paths, join
         super().__init__(*args, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
         given = getattr(namespace, "_lists_given", set())
         earlier = getattr(namespace, self.dest) if self.dest in given else []
+        if isinstance(earlier, str):
+            earlier = [earlier]
         items = split_items(values, self.keep_paths)
         if not items:
             parser.error(f"{option_string}: give at least one value")
-        setattr(namespace, self.dest, list(earlier) + items)
+        items = list(earlier) + items
+        setattr(namespace, self.dest, self.join.join(items) if self.join else items)
         namespace._lists_given = given | {self.dest}
 
 
-def list_flag(parser, *names: str, keep_paths: bool = False, help: str = "", **kwargs):
-    """``parser.add_argument`` for a list-valued flag: ``args.<dest>`` is a list of strings (or
-    the default when the flag is not given)."""
+def list_flag(parser, *names: str, keep_paths: bool = False, join: str | None = None,
+              help: str = "", **kwargs):
+    """``parser.add_argument`` for a list-valued flag: ``args.<dest>`` is a list of strings, or
+    one string joined by ``join`` (or the default when the flag is not given)."""
     return parser.add_argument(*names, nargs="+", action=_ListAction, keep_paths=keep_paths,
-                               help=(help + " " if help else "") + "(space- or comma-separated)",
-                               **kwargs)
+                               join=join, help=(help + " " if help else "")
+                               + "(space- or comma-separated)", **kwargs)
