@@ -29,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,6 +45,7 @@ from focusft.data.templates import encoder_for, tokenize_conversation  # noqa: F
 TRUNCATION_MODES = ("error", "left", "right")
 SUPPORTED_FORMATS = files.SUPPORTED
 IGNORE_INDEX = -100
+logger = logging.getLogger("focusft")
 # Above this many rows a progress bar is worth the noise.
 _PROGRESS_MIN_ROWS = 2000
 
@@ -111,6 +113,9 @@ class DataReport:
     max_len: int = 0
     template_rule: str = ""  # the loss-mask rule the chat template gets (focusft.data.templates.RULES)
     rows_by_rule: dict = field(default_factory=dict)  # rows per rule actually used
+    # how the template reads content (focusft.message_forms): parts passed or joined per role,
+    # and whether tool-call turns without content are given empty content
+    message_forms: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         share = 100.0 * self.loss_tokens / self.total_tokens if self.total_tokens else 0.0
@@ -136,7 +141,7 @@ _MAP_FEATURES = datasets.Features({
     **_FEATURES, "keep": datasets.Value("bool"), "truncated": datasets.Value("bool"),
     "n_loss": datasets.Value("int64"), "rule": datasets.Value("string")})
 # Bump when tokenization changes what it writes, so cached results of older code are not reused.
-_CACHE_VERSION = "tokenize-v2"
+_CACHE_VERSION = "tokenize-v3"
 
 
 def tokenize_rows(
@@ -154,6 +159,7 @@ def tokenize_rows(
         rows = datasets.Dataset.from_dict({"row": [json.dumps(r) for r in rows]})
     encoder = encoder_for(tokenizer, empty_think_loss)
     encoder.check_tokenizer(f"{source}: the model's tokenizer (--model)")  # before any row
+    _log_forms(encoder, source)
     work = functools.partial(_tokenize_batch, encoder=encoder, max_length=max_length,
                              truncation=truncation, source=source)
     fingerprint = _fingerprint(rows, tokenizer, max_length, truncation, source, empty_think_loss)
@@ -164,12 +170,25 @@ def tokenize_rows(
                           num_proc=procs, new_fingerprint=fingerprint,
                           desc=f"tokenizing {source}")
         report = _report(mapped, encoder.rule or "")
+        report.message_forms = encoder.forms.describe()
         if report.rows_kept == 0:
             raise UserError(f"{source}: no usable rows after tokenization ({report.summary()}).")
         kept = mapped.filter(_is_kept, input_columns="keep", batched=True,
                              new_fingerprint=fingerprint + "-kept") \
             if report.rows_kept < len(mapped) else mapped
     return kept.select_columns(list(_FEATURES)), report
+
+
+def _log_forms(encoder, source: str) -> None:
+    """Say how the template reads content when it is not as the rows give it."""
+    forms = encoder.forms.describe()
+    if encoder.forms.empty_tool_call_content:
+        logger.info("%s: the chat template cannot render an assistant tool-call turn without "
+                    "content; such turns are rendered with empty content", source)
+    joined = [role for role, how in forms["content_parts"].items() if how == "joined"]
+    if joined:
+        logger.info("%s: the chat template reads string content; text parts of %s messages are "
+                    "joined into one string", source, ", ".join(joined))
 
 
 def _tokenize_batch(batch: dict, indices: list[int], encoder, max_length: int, truncation: str,

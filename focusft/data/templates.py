@@ -48,6 +48,7 @@ from typing import Any
 import jinja2
 
 from focusft.errors import UserError
+from focusft.data.message_forms import MessageForms, probe_forms
 from focusft.data.template_diff import common_prefix, common_suffix, regions_at_once, sentinel
 
 RULES = ("generation", "prefix", "located")
@@ -79,6 +80,7 @@ class ChatEncoder:
         self.empty_think_loss = empty_think_loss
         self.template = getattr(tokenizer, "chat_template", None)
         self.rule = None
+        self.forms = MessageForms()
         if isinstance(self.template, str) and self.template:
             self.specials = sorted({str(t) for t in tokenizer.added_tokens_decoder.values()}, key=len,
                                    reverse=True)
@@ -86,6 +88,7 @@ class ChatEncoder:
             self.footers = self._footers()
             self.stops = self.footers + self._tool_call_stop()
             self.rule = rule or self._choose_rule()
+            self.forms = probe_forms(lambda messages, tools: self._probe(messages, tools))
             self.at_once = self.rule != "generation" and self._at_once_agrees()
 
     # ---------------------------------------------------------------------------- per row
@@ -113,6 +116,7 @@ class ChatEncoder:
     def spans(self, messages: list[dict], tools: list | None, where: str
               ) -> tuple[str, list[tuple[int, int]], str]:
         """The rendered text, the trained character spans in it, and the rule that found them."""
+        messages = self.forms.apply(messages)
         rule = self.rule
         spans = None
         if rule == "generation":
@@ -242,10 +246,10 @@ class ChatEncoder:
         inside the region, or the template renders it inside the model's turn) R is compared
         with R where that content is swapped for a sentinel."""
         j = next((k for k in range(i + 1, len(messages)) if messages[k]["role"] != "assistant"
-                  and isinstance(messages[k].get("content"), str)), None)
+                  and _first_text(messages[k:k + 1]) is not None), None)
         if j is None:
             return len(full)
-        needle = messages[j]["content"].strip()
+        needle = _first_text(messages[j:j + 1])
         hit = full.find(needle, start) if needle else -1
         if hit >= region_end and not self._in_special(full, hit, len(needle)):
             return hit
