@@ -7,7 +7,7 @@ import pytest
 
 from focusft.cli import build_parser
 from focusft.commands.lists import _ListAction, split_items
-from focusft.config import _list_fields, parse_config
+from focusft.training.config import _list_fields, parse_config
 from focusft.errors import UserError
 
 # field: (two valid items, how the parsed config reads them)
@@ -70,7 +70,7 @@ def test_all_linear_is_peft_shorthand():
     from peft import get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from focusft.adapters import lora_config
+    from focusft.training.adapters import lora_config
 
     cfg = parse_config(["--use_peft", "true", "--lora_target_modules", "all-linear", "--lora_r", "2"])
     assert cfg.lora_target_modules == ["all-linear"]

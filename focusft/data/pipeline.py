@@ -113,7 +113,7 @@ class DataReport:
     max_len: int = 0
     template_rule: str = ""  # the loss-mask rule the chat template gets (focusft.data.templates.RULES)
     rows_by_rule: dict = field(default_factory=dict)  # rows per rule actually used
-    # how the template reads content (focusft.message_forms): parts passed or joined per role,
+    # how the template reads content (focusft.data.message_forms): parts passed or joined per role,
     # and whether tool-call turns without content are given empty content
     message_forms: dict = field(default_factory=dict)
 

@@ -1,5 +1,5 @@
 """Where a rendering changes when assistant turns are swapped for sentinels: the string
-arithmetic behind the ``located`` loss-mask rule (``focusft.templates``).
+arithmetic behind the ``located`` loss-mask rule (``focusft.data.templates``).
 
 The rule needs, for each trained assistant message k, the region ``[a_k, e_k)`` of the rendering
 R where R and ``R^k`` (R with message k replaced by a sentinel turn) differ: ``a_k`` is their

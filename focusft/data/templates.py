@@ -213,7 +213,7 @@ class ChatEncoder:
 
     def _regions_at_once(self, messages, tools, full, where) -> list[tuple[int, int, int]] | None:
         """The same regions from one render with every trained assistant message swapped for its
-        own sentinel (``focusft.template_diff``); None where that render cannot stand in for the
+        own sentinel (``focusft.data.template_diff``); None where that render cannot stand in for the
         per-message ones."""
         trained = [i for i, message in enumerate(messages) if _trained(message)]
         swapped = list(messages)
