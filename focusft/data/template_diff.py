@@ -83,7 +83,7 @@ def regions_at_once(full: str, marked: str, sentinels: list[str], needles: list[
         return None
     places = [marked.find(s) for s in sentinels]
     if any(p < 0 for p in places) or places != sorted(places) or \
-            any(marked.find(s, p + 1) >= 0 for s, p in zip(sentinels, places)):
+            marked.count(SENTINEL_CHARS[0]) != len(sentinels):  # each sentinel once, in order
         return None
     regions, (r, s) = [], (0, 0)
     for k, place in enumerate(places):
