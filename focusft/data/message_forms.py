@@ -18,7 +18,8 @@ Two things vary between templates and are found by rendering small probes:
   attribute 'content'``). When a probe tool-call turn without content fails to render and the
   same turn with ``"content": ""`` renders, such turns are given empty content.
 
-``MessageForms.describe()`` says what was found (the data report and the log show it).
+``MessageForms.describe()`` says what was found and ``changes()`` what it did to a row (the data
+report counts rows per change; its summary line, which training logs, names them).
 """
 
 from __future__ import annotations
@@ -74,6 +75,17 @@ class MessageForms:
             return {**message, "content": joined_text(content)}
         rest = {key: value for key, value in message.items() if key != "content"}
         return {**rest, "content": ""} if self._fills(message) else rest
+
+    def changes(self, messages: list[dict]) -> list[str]:
+        """What ``apply`` does to these messages, for the data report: ``parts joined``,
+        ``parts passed``, ``empty tool-call content``."""
+        found = set()
+        for message in messages:
+            if isinstance(message.get("content"), list):
+                found.add("parts passed" if message.get("role") in self.parts_roles else "parts joined")
+            elif message.get("content") is None and self._fills(message):
+                found.add("empty tool-call content")
+        return sorted(found)
 
     def describe(self) -> dict:
         return {"content_parts": {role: "passed" if role in self.parts_roles else "joined"

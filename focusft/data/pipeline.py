@@ -29,7 +29,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +44,6 @@ from focusft.data.templates import encoder_for, tokenize_conversation  # noqa: F
 TRUNCATION_MODES = ("error", "left", "right")
 SUPPORTED_FORMATS = files.SUPPORTED
 IGNORE_INDEX = -100
-logger = logging.getLogger("focusft")
 # Above this many rows a progress bar is worth the noise.
 _PROGRESS_MIN_ROWS = 2000
 
@@ -116,6 +114,7 @@ class DataReport:
     # how the template reads content (focusft.data.message_forms): parts passed or joined per role,
     # and whether tool-call turns without content are given empty content
     message_forms: dict = field(default_factory=dict)
+    rows_by_form: dict = field(default_factory=dict)  # rows per change made (parts joined, ...)
 
     def summary(self) -> str:
         share = 100.0 * self.loss_tokens / self.total_tokens if self.total_tokens else 0.0
@@ -126,6 +125,7 @@ class DataReport:
             f"assistant tokens); {self.total_tokens} tokens, {self.loss_tokens} loss tokens "
             f"({share:.1f}%), longest {self.max_len}; loss-mask rule: {self.template_rule or '-'}"
             + (f" (rows: {rules})" if rules else "")
+            + "".join(f"; {n} rows with {change}" for change, n in sorted(self.rows_by_form.items()))
         )
 
 
@@ -139,7 +139,8 @@ _FEATURES = datasets.Features(
 )
 _MAP_FEATURES = datasets.Features({
     **_FEATURES, "keep": datasets.Value("bool"), "truncated": datasets.Value("bool"),
-    "n_loss": datasets.Value("int64"), "rule": datasets.Value("string")})
+    "n_loss": datasets.Value("int64"), "rule": datasets.Value("string"),
+    "forms": datasets.Value("string")})
 # Bump when tokenization changes what it writes, so cached results of older code are not reused.
 _CACHE_VERSION = "tokenize-v3"
 
@@ -159,7 +160,6 @@ def tokenize_rows(
         rows = datasets.Dataset.from_dict({"row": [json.dumps(r) for r in rows]})
     encoder = encoder_for(tokenizer, empty_think_loss)
     encoder.check_tokenizer(f"{source}: the model's tokenizer (--model)")  # before any row
-    _log_forms(encoder, source)
     work = functools.partial(_tokenize_batch, encoder=encoder, max_length=max_length,
                              truncation=truncation, source=source)
     fingerprint = _fingerprint(rows, tokenizer, max_length, truncation, source, empty_think_loss)
@@ -179,18 +179,6 @@ def tokenize_rows(
     return kept.select_columns(list(_FEATURES)), report
 
 
-def _log_forms(encoder, source: str) -> None:
-    """Say how the template reads content when it is not as the rows give it."""
-    forms = encoder.forms.describe()
-    if encoder.forms.empty_tool_call_content:
-        logger.info("%s: the chat template cannot render an assistant tool-call turn without "
-                    "content; such turns are rendered with empty content", source)
-    joined = [role for role, how in forms["content_parts"].items() if how == "joined"]
-    if joined:
-        logger.info("%s: the chat template reads string content; text parts of %s messages are "
-                    "joined into one string", source, ", ".join(joined))
-
-
 def _tokenize_batch(batch: dict, indices: list[int], encoder, max_length: int, truncation: str,
                     source: str) -> dict:
     out: dict[str, list] = {name: [] for name in _MAP_FEATURES}
@@ -202,7 +190,8 @@ def _tokenize_batch(batch: dict, indices: list[int], encoder, max_length: int, t
         n_loss = sum(mask[1:])  # position 0 is never a label, see Collator
         for name, value in (("input_ids", ids), ("loss_mask", mask), ("sample_id", index),
                             ("length", len(ids)), ("keep", n_loss > 0), ("truncated", was_cut),
-                            ("n_loss", n_loss), ("rule", rule)):
+                            ("n_loss", n_loss), ("rule", rule),
+                            ("forms", ",".join(encoder.forms.changes(messages)))):
             out[name].append(value)
     return out
 
@@ -223,6 +212,10 @@ def _report(mapped: datasets.Dataset, rule: str) -> DataReport:
     keep = table.column("keep")
     kept_len = pc.filter(table.column("length"), keep)
     by_rule = pc.value_counts(table.column("rule")).to_pylist()
+    by_form: dict[str, int] = {}
+    for entry in pc.value_counts(table.column("forms")).to_pylist():
+        for change in filter(None, entry["values"].split(",")):
+            by_form[change] = by_form.get(change, 0) + entry["counts"]
     return DataReport(
         rows_read=len(mapped), rows_kept=len(kept_len),
         truncated=int(pc.sum(table.column("truncated")).as_py() or 0),
@@ -230,7 +223,8 @@ def _report(mapped: datasets.Dataset, rule: str) -> DataReport:
         total_tokens=int(pc.sum(kept_len).as_py() or 0),
         loss_tokens=int(pc.sum(pc.filter(table.column("n_loss"), keep)).as_py() or 0),
         max_len=int(pc.max(kept_len).as_py() or 0) if len(kept_len) else 0,
-        template_rule=rule, rows_by_rule={d["values"]: d["counts"] for d in by_rule})
+        template_rule=rule, rows_by_rule={d["values"]: d["counts"] for d in by_rule},
+        rows_by_form=by_form)
 
 
 def _fingerprint(rows: datasets.Dataset, tokenizer: Any, *args) -> str:

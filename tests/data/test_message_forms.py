@@ -105,8 +105,11 @@ def test_unguarded_template_gets_empty_content_and_reports_it():
     assert report.message_forms == {
         "content_parts": dict.fromkeys(("system", "user", "assistant", "tool"), "joined"),
         "tool_call_without_content": "empty content"}
+    assert report.rows_by_form == {"empty tool-call content": 1, "parts joined": 1}
+    assert "; 1 rows with empty tool-call content; 1 rows with parts joined" in report.summary()
     _, guarded = tokenize_rows([TOOL_ROW], chatml_tokenizer(), 512, "error", "r")
     assert guarded.message_forms["tool_call_without_content"] == "as given"
+    assert guarded.rows_by_form == {}
 
 
 def test_parts_in_a_file_reach_inspect_and_training(tmp_path, capsys):
