@@ -114,7 +114,7 @@ def _list_actions(command: str) -> set[str]:
         if isinstance(action, _ListAction):
             found.add(action.option_strings[0])
         else:  # a flag that still describes a list in its help but is not a list flag
-            assert "comma" not in text and "repeat" not in text, (command, action.option_strings)
+            assert "comma" not in text and "repeat to" not in text, (command, action.option_strings)
     return found
 
 
