@@ -4,7 +4,8 @@ Accepted row shapes (the first whose key is present wins):
 
 ``messages``       OpenAI / TRL chat: a list of ``{role, content}`` with roles system, user,
                    assistant, tool; ``content`` a string or a list of text parts
-                   (``[{"type": "text", "text": ...}]``; other parts are refused); ``tool_calls`` on assistant messages (``arguments`` a dict or
+                   (``[{"type": "text", "text": ...}]``; other parts are refused); ``tool_calls``
+                   on assistant messages (``arguments`` a dict or
                    a JSON string, kept as given), optional ``reasoning_content``; an optional
                    ``tools`` list (or that list as a JSON string). An assistant message's
                    ``weight`` (OpenAI fine-tuning format) is 1 (trained, the default) or 0
