@@ -16,16 +16,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 from focusft.errors import UserError
+from focusft.commands.lists import list_flag, split_items
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("bench", help="step time / peak memory of SFT-causal, SFT-GLM, FocuSFT",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", default=None,
-                   help="comma-separated sequence lengths in tokens, 1k = 1024 "
-                        "(default 1k,2k,4k,8k,16k; --tiny: 256,512)")
-    p.add_argument("--methods", default="sft-causal,sft-glm,focusft",
-                   help="comma-separated subset of sft-causal, sft-glm, focusft")
+    list_flag(p, "--lengths", default=None,
+              help="sequence lengths in tokens, 1k = 1024 (default 1k 2k 4k 8k 16k; --tiny: 256 512)")
+    list_flag(p, "--methods", default=["sft-causal", "sft-glm", "focusft"],
+              help="subset of sft-causal, sft-glm, focusft")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per cell (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before the timed ones")
     p.add_argument("--out", required=True, help="directory for benchmark.json and benchmark.md")
@@ -89,8 +89,8 @@ def spec_from_args(args):
     lengths = args.lengths or ("256,512" if args.tiny else "1k,2k,4k,8k,16k")
     try:
         return BenchSpec(
-            model=model, methods=tuple(_csv(args.methods)),
-            lengths=tuple(parse_length(x) for x in _csv(lengths)),
+            model=model, methods=tuple(split_items(args.methods)),
+            lengths=tuple(parse_length(x) for x in split_items(lengths)),
             repeats=args.repeats, warmup=args.warmup, response_tokens=args.response_tokens,
             device=args.device, threads=args.threads, attention_kernel=args.attention_kernel,
             live_memory=not args.no_live_memory, inner_steps=args.inner_steps,
@@ -121,10 +121,6 @@ def canonical_command(spec, out: str) -> str:
     extra = ("" if spec.isolate else " --inline") + ("" if spec.live_memory else " --no-live-memory") \
         + ("" if spec.interleave else " --no-interleave")
     return "focusft bench " + shlex.join(str(x) for x in flags) + extra
-
-
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def run(args) -> int:

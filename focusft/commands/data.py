@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 from focusft.errors import UserError
+from focusft.commands.lists import list_flag, split_items
 
 FORMATS = (".parquet", ".jsonl")
 
@@ -37,11 +38,11 @@ def register(subparsers) -> None:
                    help="benchmark family, the embedded default's task, the agentic long-context "
                         "tool-use suite (messages + tools), or inspect (show the loss mask of "
                         "--data under --model's chat template)")
-    p.add_argument("--tasks", default=None,
-                   help="comma-separated tasks (default: all of the suite: qa1..qa5 / 13 RULER)")
-    p.add_argument("--lengths", default=None,
-                   help="comma-separated lengths in tokens: 0k,1k,...,128k or plain integers "
-                        "(default: 0k,1k for babilong, 4k for ruler)")
+    list_flag(p, "--tasks", default=None,
+              help="tasks (default: all of the suite: qa1..qa5 / 13 RULER)")
+    list_flag(p, "--lengths", default=None,
+              help="lengths in tokens: 0k,1k,...,128k or plain integers (default: 0k 1k for "
+                   "babilong, 4k for ruler)")
     p.add_argument("--samples", type=int, default=100, help="rows per task and length (>= 1)")
     p.add_argument("--split", default="train", choices=("train", "validation", "test"),
                    help="which disjoint split to draw")
@@ -56,7 +57,8 @@ def register(subparsers) -> None:
                    help="BABILong: leave the worked examples out of the prompt")
     p.add_argument("--out", default=None, help="output file, .parquet or .jsonl (required to generate)")
     inspect = p.add_argument_group("inspect")
-    inspect.add_argument("--data", default=None, help="inspect: chat rows (same forms as focusft train --data)")
+    list_flag(inspect, "--data", default=None, join=",",
+              help="inspect: chat rows (same forms as focusft train --data)")
     inspect.add_argument("--model", default=None,
                          help="inspect: local model/tokenizer directory or .gguf file (default: the embedded default's tokenizer)")
     inspect.add_argument("--rows", type=int, default=3, help="inspect: first N rows to show (>= 1)")
@@ -65,10 +67,6 @@ def register(subparsers) -> None:
     inspect.add_argument("--empty_think_loss", action="store_true",
                          help="inspect: train empty think blocks, as focusft train --empty_think_loss true")
     p.set_defaults(func=run)
-
-
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def load_tokenizer(spec: str):
@@ -115,7 +113,7 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
 
     known = {"babilong": BABILONG_TASKS, "ruler": RULER_TASKS, "default": ("locate",),
              "agentic": AGENTIC_TASKS}[args.suite]
-    tasks = _csv(args.tasks) if args.tasks else list(known)
+    tasks = split_items(args.tasks) if args.tasks else list(known)
     bad = [t for t in tasks if t not in known]
     if bad or not tasks:
         raise UserError(f"--tasks: unknown {args.suite} task(s) {', '.join(bad) or '(none)'}; "
@@ -123,7 +121,7 @@ def _check(args: argparse.Namespace) -> tuple[list[str], list[int], Path]:
     default_lengths = {"babilong": "0k,1k", "ruler": "4k", "default": "256,512",
                        "agentic": "1k,2k"}[args.suite]
     try:
-        lengths = [parse_length(x) for x in _csv(args.lengths or default_lengths)]
+        lengths = [parse_length(x) for x in split_items(args.lengths or default_lengths)]
     except ValueError as err:
         raise UserError(f"--lengths: {err}") from err
     if not lengths:

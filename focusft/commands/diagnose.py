@@ -18,6 +18,7 @@ import os
 import sys
 
 from focusft.errors import UserError
+from focusft.commands.lists import list_flag
 
 MASK_CHOICES = {"glm": ["glm"], "causal": ["causal"], "both": ["glm", "causal"]}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -26,10 +27,10 @@ DTYPES = ("float32", "bfloat16", "float16")
 def register(subparsers) -> None:
     p = subparsers.add_parser("diagnose", help="attention-sink / context-engagement diagnostics",
                               description=__doc__.split("\n\n")[0].replace("\n", " "))
-    p.add_argument("--model", action="append", required=True, metavar="PATH",
-                   help="local checkpoint directory or .gguf file; repeat to compare models")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help="chat rows: .jsonl/.json/.parquet or a save_to_disk directory")
+    list_flag(p, "--model", required=True, keep_paths=True, metavar="PATH",
+              help="local checkpoint directories or .gguf files (several: compared side by side)")
+    list_flag(p, "--data", required=True, metavar="FILE", join=",",
+              help="chat rows: .jsonl/.json/.parquet files, globs, or a save_to_disk directory")
     p.add_argument("--samples", type=int, default=8, help="first N rows to measure (>= 1)")
     p.add_argument("--mask", choices=tuple(MASK_CHOICES), default="both",
                    help="attention layout: glm (as FocuSFT trains), causal, or both")

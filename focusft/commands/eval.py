@@ -5,24 +5,20 @@ from __future__ import annotations
 import sys
 
 from focusft.errors import UserError
-
-
-def _csv(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+from focusft.commands.lists import list_flag, split_items
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("eval", help="long-context evaluation (BABILong / RULER / agentic)")
-    p.add_argument("--model", action="append", required=True,
-                   help="checkpoint directory or .gguf file (repeat to compare models side by side)")
+    list_flag(p, "--model", required=True, keep_paths=True,
+              help="checkpoint directories or .gguf files (several: compared side by side)")
     p.add_argument("--suite", choices=["babilong", "ruler", "agentic"], default="babilong")
-    p.add_argument("--tasks", default=None,
-                   help="comma list; default qa1..qa5 (babilong), all 13 tasks (ruler), all "
-                        "agentic tasks")
-    p.add_argument("--lengths", default=None,
-                   help="comma list of lengths in the model's tokens (0k,1k,...,128k or ints; "
-                        "BABILong's k = 1000, RULER's and agentic's k = 1024); default "
-                        "0k,1k,2k,4k (babilong), 4k (ruler: RULER's shortest), 1k,2k,4k (agentic)")
+    list_flag(p, "--tasks", default=None,
+              help="default qa1..qa5 (babilong), all 13 tasks (ruler), all agentic tasks")
+    list_flag(p, "--lengths", default=None,
+              help="lengths in the model's tokens (0k,1k,...,128k or ints; BABILong's k = 1000, "
+                   "RULER's and agentic's k = 1024); default 0k 1k 2k 4k (babilong), 4k (ruler: "
+                   "RULER's shortest), 1k 2k 4k (agentic)")
     p.add_argument("--prompts", choices=["focusft", "lm-eval"], default="focusft",
                    help="prompt wording: focusft's own, or lm-evaluation-harness's RULER / "
                         "BABILong task files (read from the installed lm-eval)")
@@ -56,14 +52,14 @@ def run(args) -> int:
     if args.samples < 1 or args.batch_size < 1:
         raise UserError("--samples and --batch_size must be at least 1")
     known = {"babilong": BABILONG_TASKS, "ruler": RULER_TASKS, "agentic": AGENTIC_TASKS}[args.suite]
-    tasks = _csv(args.tasks) if args.tasks else list(known)
+    tasks = split_items(args.tasks) if args.tasks else list(known)
     bad = [t for t in tasks if t not in known]
     if bad:
         raise UserError(f"--tasks: unknown {args.suite} task(s) {', '.join(bad)}; choose from "
                         f"{', '.join(known)}")
     make_haystack(args.haystack)  # fail on a bad --haystack before any model is loaded
     spec = EvalSpec(suite=args.suite, tasks=tasks,
-                    lengths=_csv(args.lengths) if args.lengths else DEFAULT_LENGTHS[args.suite],
+                    lengths=split_items(args.lengths) if args.lengths else DEFAULT_LENGTHS[args.suite],
                     samples=args.samples, seed=args.seed,
                     masks=["causal", "prefix"] if args.mask == "both" else [args.mask],
                     batch_size=args.batch_size, haystack=args.haystack,

@@ -5,6 +5,8 @@ See focusft.experiments.experiment for the pipeline; writes out/experiment.json 
 
 from __future__ import annotations
 
+from focusft.commands.lists import list_flag
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("experiment", help="SFT vs FocuSFT in miniature; writes docs/results.md",
@@ -13,9 +15,9 @@ def register(subparsers) -> None:
     p.add_argument("--smoke", action="store_true", help="the smallest end-to-end run (tests)")
     p.add_argument("--base", default=None, help="starting weights: 'scratch' (default: the embedded default model initialised "
                         "from each seed), 'pretrain' (a focusft pretrain base in OUT/base) or a directory")
-    p.add_argument("--seeds", default=None, help="comma-separated training seeds (default 0,1,2; quick: 0)")
-    p.add_argument("--methods", default=None, help="comma-separated subset of the methods")
-    p.add_argument("--tasks", default=None, help="comma-separated BABILong transfer tasks (default qa1-qa5)")
+    list_flag(p, "--seeds", default=None, help="training seeds (default 0 1 2; quick: 0)")
+    list_flag(p, "--methods", default=None, help="subset of the methods")
+    list_flag(p, "--tasks", default=None, help="BABILong transfer tasks (default qa1-qa5)")
     p.add_argument("--task", default=None, choices=["locate", "long", "real"],
                    help="locate (default): the embedded default's one-word task; long: BABILong qa1-qa5 "
                         "with sentence answers + RULER NIAH/VT/CWE, trained <= 1K, scored at 1K-4K "

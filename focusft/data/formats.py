@@ -3,7 +3,9 @@
 Accepted row shapes (the first whose key is present wins):
 
 ``messages``       OpenAI / TRL chat: a list of ``{role, content}`` with roles system, user,
-                   assistant, tool; ``tool_calls`` on assistant messages (``arguments`` a dict or
+                   assistant, tool; ``content`` a string or a list of text parts
+                   (``[{"type": "text", "text": ...}]``; other parts are refused); ``tool_calls``
+                   on assistant messages (``arguments`` a dict or
                    a JSON string, kept as given), optional ``reasoning_content``; an optional
                    ``tools`` list (or that list as a JSON string). An assistant message's
                    ``weight`` (OpenAI fine-tuning format) is 1 (trained, the default) or 0
@@ -128,11 +130,39 @@ def _check_message(message: Any, where: str, field: str) -> dict:
             f"{where}: {field}.content is missing or null; only an assistant message with "
             "'tool_calls' may omit it."
         )
-    if content is not None and not isinstance(content, str):
-        raise UserError(f"{where}: {field}.content must be a string, got {type(content).__name__}.")
+    if isinstance(content, list):
+        message["content"] = check_parts(content, where, f"{field}.content")
+    elif content is not None and not isinstance(content, str):
+        raise UserError(f"{where}: {field}.content must be a string or a list of text parts, got "
+                        f"{type(content).__name__}.")
     if "weight" in message:
         _check_weight(message, where, field)
     return message
+
+
+def check_parts(parts: list, where: str, field: str) -> list[dict]:
+    """Content given as parts (OpenAI / Hugging Face style): ``[{"type": "text", "text": ...}]``.
+    Text parts are kept (null-valued keys dropped, as columnar formats add them); any other part
+    (image, audio, file...) is refused: the models trained here read text only."""
+    out = []
+    for j, part in enumerate(parts):
+        if isinstance(part, dict):
+            part = {key: value for key, value in part.items() if value is not None}
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            out.append(part)
+            continue
+        if kind == "text":
+            problem = f"is a text part whose 'text' is {type(part.get('text')).__name__}, not a string"
+        elif isinstance(kind, str):
+            problem = f"is a part of type {kind!r}"
+        else:
+            problem = f"has no 'type' ({part!r:.60})"
+        raise UserError(
+            f"{where}: {field}[{j}] {problem}; only text parts ({{\"type\": \"text\", \"text\": "
+            "...}) can be trained (the model reads text only). Remove the part, or give its "
+            "content as text.")
+    return out
 
 
 def _check_weight(message: dict, where: str, field: str) -> None:

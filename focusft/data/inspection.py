@@ -46,7 +46,8 @@ def inspect_rows(rows, tokenizer, n_rows: int, source: str, empty_think_loss: bo
     from focusft.data.templates import encoder_for
 
     encoder = encoder_for(tokenizer, empty_think_loss)
-    report = {"data": source, "rule": encoder.rule, "rows": []}
+    report = {"data": source, "rule": encoder.rule, "message_forms": encoder.forms.describe(),
+              "rows": []}
     for index in range(min(n_rows, len(rows))):
         row, where = row_and_where(rows[index], f"{source} row {index}")
         messages, tools = normalize_row(row, where)

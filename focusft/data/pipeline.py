@@ -111,6 +111,10 @@ class DataReport:
     max_len: int = 0
     template_rule: str = ""  # the loss-mask rule the chat template gets (focusft.data.templates.RULES)
     rows_by_rule: dict = field(default_factory=dict)  # rows per rule actually used
+    # how the template reads content (focusft.data.message_forms): parts passed or joined per role,
+    # and whether tool-call turns without content are given empty content
+    message_forms: dict = field(default_factory=dict)
+    rows_by_form: dict = field(default_factory=dict)  # rows per change made (parts joined, ...)
 
     def summary(self) -> str:
         share = 100.0 * self.loss_tokens / self.total_tokens if self.total_tokens else 0.0
@@ -121,6 +125,7 @@ class DataReport:
             f"assistant tokens); {self.total_tokens} tokens, {self.loss_tokens} loss tokens "
             f"({share:.1f}%), longest {self.max_len}; loss-mask rule: {self.template_rule or '-'}"
             + (f" (rows: {rules})" if rules else "")
+            + "".join(f"; {n} rows with {change}" for change, n in sorted(self.rows_by_form.items()))
         )
 
 
@@ -134,9 +139,10 @@ _FEATURES = datasets.Features(
 )
 _MAP_FEATURES = datasets.Features({
     **_FEATURES, "keep": datasets.Value("bool"), "truncated": datasets.Value("bool"),
-    "n_loss": datasets.Value("int64"), "rule": datasets.Value("string")})
+    "n_loss": datasets.Value("int64"), "rule": datasets.Value("string"),
+    "forms": datasets.Value("string")})
 # Bump when tokenization changes what it writes, so cached results of older code are not reused.
-_CACHE_VERSION = "tokenize-v2"
+_CACHE_VERSION = "tokenize-v3"
 
 
 def tokenize_rows(
@@ -164,6 +170,7 @@ def tokenize_rows(
                           num_proc=procs, new_fingerprint=fingerprint,
                           desc=f"tokenizing {source}")
         report = _report(mapped, encoder.rule or "")
+        report.message_forms = encoder.forms.describe()
         if report.rows_kept == 0:
             raise UserError(f"{source}: no usable rows after tokenization ({report.summary()}).")
         kept = mapped.filter(_is_kept, input_columns="keep", batched=True,
@@ -183,7 +190,8 @@ def _tokenize_batch(batch: dict, indices: list[int], encoder, max_length: int, t
         n_loss = sum(mask[1:])  # position 0 is never a label, see Collator
         for name, value in (("input_ids", ids), ("loss_mask", mask), ("sample_id", index),
                             ("length", len(ids)), ("keep", n_loss > 0), ("truncated", was_cut),
-                            ("n_loss", n_loss), ("rule", rule)):
+                            ("n_loss", n_loss), ("rule", rule),
+                            ("forms", ",".join(encoder.forms.changes(messages)))):
             out[name].append(value)
     return out
 
@@ -204,6 +212,10 @@ def _report(mapped: datasets.Dataset, rule: str) -> DataReport:
     keep = table.column("keep")
     kept_len = pc.filter(table.column("length"), keep)
     by_rule = pc.value_counts(table.column("rule")).to_pylist()
+    by_form: dict[str, int] = {}
+    for entry in pc.value_counts(table.column("forms")).to_pylist():
+        for change in filter(None, entry["values"].split(",")):
+            by_form[change] = by_form.get(change, 0) + entry["counts"]
     return DataReport(
         rows_read=len(mapped), rows_kept=len(kept_len),
         truncated=int(pc.sum(table.column("truncated")).as_py() or 0),
@@ -211,7 +223,8 @@ def _report(mapped: datasets.Dataset, rule: str) -> DataReport:
         total_tokens=int(pc.sum(kept_len).as_py() or 0),
         loss_tokens=int(pc.sum(pc.filter(table.column("n_loss"), keep)).as_py() or 0),
         max_len=int(pc.max(kept_len).as_py() or 0) if len(kept_len) else 0,
-        template_rule=rule, rows_by_rule={d["values"]: d["counts"] for d in by_rule})
+        template_rule=rule, rows_by_rule={d["values"]: d["counts"] for d in by_rule},
+        rows_by_form=by_form)
 
 
 def _fingerprint(rows: datasets.Dataset, tokenizer: Any, *args) -> str:

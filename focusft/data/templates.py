@@ -48,6 +48,8 @@ from typing import Any
 import jinja2
 
 from focusft.errors import UserError
+from focusft.data.message_forms import MessageForms, probe_forms
+from focusft.data.template_diff import common_prefix, common_suffix, regions_at_once, sentinel
 
 RULES = ("generation", "prefix", "located")
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -78,6 +80,7 @@ class ChatEncoder:
         self.empty_think_loss = empty_think_loss
         self.template = getattr(tokenizer, "chat_template", None)
         self.rule = None
+        self.forms = MessageForms()
         if isinstance(self.template, str) and self.template:
             self.specials = sorted({str(t) for t in tokenizer.added_tokens_decoder.values()}, key=len,
                                    reverse=True)
@@ -85,6 +88,8 @@ class ChatEncoder:
             self.footers = self._footers()
             self.stops = self.footers + self._tool_call_stop()
             self.rule = rule or self._choose_rule()
+            self.forms = probe_forms(lambda messages, tools: self._probe(messages, tools))
+            self.at_once = self.rule != "generation" and self._at_once_agrees()
 
     # ---------------------------------------------------------------------------- per row
 
@@ -111,6 +116,7 @@ class ChatEncoder:
     def spans(self, messages: list[dict], tools: list | None, where: str
               ) -> tuple[str, list[tuple[int, int]], str]:
         """The rendered text, the trained character spans in it, and the rule that found them."""
+        messages = self.forms.apply(messages)
         rule = self.rule
         spans = None
         if rule == "generation":
@@ -176,14 +182,10 @@ class ChatEncoder:
 
     def _located_spans(self, messages, tools, full, where) -> list[tuple[int, int]]:
         spans, cursor = [], 0
-        for i, message in enumerate(messages):
-            if not _trained(message):
-                continue
-            marked = self._marked(messages, i, tools, where)
-            if marked == full:  # nothing in R depends on this message (the template dropped it)
-                continue
-            a = _common_prefix(full, marked)
-            e = len(full) - _common_suffix(full, marked, min(len(full), len(marked)) - a)
+        regions = self._regions_at_once(messages, tools, full, where) if self.at_once else None
+        if regions is None:
+            regions = self._regions_one_by_one(messages, tools, full, where)
+        for i, a, e in regions:
             start = a
             if self.header:
                 at = full.rfind(self.header, cursor, a)
@@ -193,6 +195,37 @@ class ChatEncoder:
             spans.append((start, max(end, start)))
             cursor = max(cursor, end)
         return spans
+
+    def _regions_one_by_one(self, messages, tools, full, where) -> list[tuple[int, int, int]]:
+        """``(i, a, e)`` per trained assistant message i: where R changes when message i alone
+        is swapped for a sentinel (one render per message)."""
+        regions = []
+        for i, message in enumerate(messages):
+            if not _trained(message):
+                continue
+            marked = self._marked(messages, i, tools, where)
+            if marked == full:  # nothing in R depends on this message (the template dropped it)
+                continue
+            a = common_prefix(full, marked)
+            e = len(full) - common_suffix(full, marked, min(len(full), len(marked)) - a)
+            regions.append((i, a, e))
+        return regions
+
+    def _regions_at_once(self, messages, tools, full, where) -> list[tuple[int, int, int]] | None:
+        """The same regions from one render with every trained assistant message swapped for its
+        own sentinel (``focusft.data.template_diff``); None where that render cannot stand in for the
+        per-message ones."""
+        trained = [i for i, message in enumerate(messages) if _trained(message)]
+        swapped = list(messages)
+        for k, i in enumerate(trained):
+            swapped[i] = {"role": "assistant", "content": sentinel(k)}
+        try:
+            marked = self._render(swapped, tools, False, where)
+        except UserError:
+            return None  # e.g. gpt-oss: a tool result needs the call before it (see _marked)
+        needles = [_first_text(messages[i + 1:j]) for i, j in zip(trained, trained[1:])]
+        found = regions_at_once(full, marked, [sentinel(k) for k in range(len(trained))], needles)
+        return None if found is None else [(i, a, e) for i, (a, e) in zip(trained, found)]
 
     def _marked(self, messages, i, tools, where) -> str:
         """R with messages[i] replaced by a sentinel turn; a template that needs the tool call
@@ -213,16 +246,22 @@ class ChatEncoder:
         inside the region, or the template renders it inside the model's turn) R is compared
         with R where that content is swapped for a sentinel."""
         j = next((k for k in range(i + 1, len(messages)) if messages[k]["role"] != "assistant"
-                  and isinstance(messages[k].get("content"), str)), None)
+                  and _first_text(messages[k:k + 1]) is not None), None)
         if j is None:
             return len(full)
-        needle = messages[j]["content"].strip()
+        needle = _first_text(messages[j:j + 1])
         hit = full.find(needle, start) if needle else -1
-        if hit >= region_end:
+        if hit >= region_end and not self._in_special(full, hit, len(needle)):
             return hit
         swapped = {**messages[j], "content": SENTINEL}
         marked = self._render(messages[:j] + [swapped] + messages[j + 1:], tools, False, where)
-        return _common_prefix(full, marked)
+        return common_prefix(full, marked)
+
+    def _in_special(self, text: str, at: int, n: int) -> bool:
+        """Whether ``text[at:at+n]`` overlaps a special token (a needle such as ``<`` found inside
+        ``<|im_end|>`` is not the message)."""
+        return any(text.find(s, max(0, at - len(s) + 1), at + n + len(s) - 1) >= 0
+                   for s in self.specials)
 
     def _turn_end(self, text: str, start: int, end: int, limit: int) -> int:
         """The turn's own end-of-turn token after ``end``; else ``end``, but never past the last
@@ -275,11 +314,27 @@ class ChatEncoder:
         found = [s for s in self.specials if alone.endswith(s)][:1]
         answered = self._probe([user, calling, {"role": "tool", "content": SENTINEL}], [_PROBE_TOOL])
         if alone and answered and not any(alone.endswith(f) for f in self.footers):
-            rest = answered[_common_prefix(alone, answered):]
+            rest = answered[common_prefix(alone, answered):]
             opener = next((s for s in self.specials if rest.startswith(s)), None)
             if opener and not (self.header or "").startswith(opener):
                 found.append(opener)
         return tuple(s for s in dict.fromkeys(found) if s not in self.footers)
+
+    def _at_once_agrees(self) -> bool:
+        """Whether one render with every assistant turn swapped finds the regions that one
+        render per turn finds, on the probe conversations the template renders."""
+        self.at_once = True
+        for messages, tools in _probe_conversations():
+            full = self._probe(messages, tools)
+            if full is None:
+                continue
+            try:
+                if self._regions_at_once(messages, tools, full, "probe") not in (
+                        None, self._regions_one_by_one(messages, tools, full, "probe")):
+                    return False
+            except UserError:
+                continue
+        return True
 
     def _choose_rule(self) -> str:
         if template_has_generation_markers(self.template):
@@ -311,6 +366,17 @@ def _probe_conversations() -> list[tuple[list[dict], list | None]]:
             {"role": "tool", "content": "hot", "tool_call_id": "call_0"},
             {"role": "assistant", "content": "Hot."}, user("b?"), {"role": "assistant", "content": "B."}]
     return [(plain, None), (reasoning, None), (tool, [_PROBE_TOOL])]
+
+
+def _first_text(messages: list[dict]) -> str | None:
+    """The stripped text of the first non-assistant message (its first text part), if any."""
+    for message in messages:
+        if message["role"] != "assistant":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = next((p.get("text") for p in content if isinstance(p, dict)), None)
+            return content.strip() if isinstance(content, str) else None
+    return None
 
 
 def _trained(message: dict) -> bool:
@@ -346,29 +412,6 @@ def _cut_empty_think(text: str, span: tuple[int, int]) -> tuple[int, int]:
     start, end = span
     match = EMPTY_THINK.match(text, start, end)
     return (match.end(), end) if match else span
-
-
-def _common_prefix(x: str, y: str) -> int:
-    """len of the longest common prefix, by binary search over C-speed slice comparisons."""
-    lo, hi = 0, min(len(x), len(y))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if x[lo:mid] == y[lo:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-def _common_suffix(x: str, y: str, limit: int) -> int:
-    lo, hi = 0, max(0, limit)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if x[len(x) - mid:len(x) - lo] == y[len(y) - mid:len(y) - lo]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
 
 
 def overlap_mask(offsets, spans: list[tuple[int, int]]) -> list[int]:

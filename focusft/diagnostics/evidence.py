@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from focusft.data.pipeline import normalize_row, row_and_where, tokenize_conversation
+from focusft.data.pipeline import encoder_for, normalize_row, row_and_where, tokenize_conversation
 from focusft.errors import UserError
 
 
@@ -45,6 +45,7 @@ def render_sample(tokenizer: Any, row: dict, where: str) -> RenderedSample:
     """Tokenize `row` like training does and map its evidence char spans onto tokens."""
     row, where = row_and_where(row, where)  # rows of focusft.data.pipeline.load_rows carry their location
     messages, tools = normalize_row(row, where)
+    messages = encoder_for(tokenizer).forms.apply(messages)  # as the template reads them
     ids, loss_mask = tokenize_conversation(tokenizer, messages, tools, where)
     spans = row.get("evidence")
     if not spans:
@@ -75,6 +76,10 @@ def token_overlap(offsets, spans: list[tuple[int, int]]) -> list[int]:
 def _first_user(messages: list[dict], where: str) -> tuple[int, str]:
     for i, message in enumerate(messages):
         if message["role"] == "user":
+            if not isinstance(message["content"], str):
+                raise UserError(f"{where}: field 'evidence' needs the first user message's "
+                                "content as one string (its spans are character offsets in it); "
+                                "it is a list of parts")
             return i, message["content"]
     raise UserError(f"{where}: field 'evidence' is given but the row has no user message")
 

@@ -153,6 +153,19 @@ def training_mask(flags: list[str]) -> str:
     return flags[flags.index("--attention") + 1]
 
 
+def _items(value) -> list[str]:
+    """A list flag's values (the CLI gives a list, split at commas already; code may give "0,1")."""
+    values = [value] if isinstance(value, str) else value
+    return [item.strip() for v in values for item in str(v).split(",") if item.strip()]
+
+
+def _seeds(items: list[str]) -> list[int]:
+    try:
+        return [int(s) for s in items]
+    except ValueError:
+        raise UserError(f"--seeds {' '.join(items)}: expected integers, e.g. --seeds 0 1 2") from None
+
+
 def config_from_args(args) -> ExperimentConfig:
     preset = "smoke" if getattr(args, "smoke", False) else "quick" if args.quick else "full"
     cfg = replace(ExperimentConfig(), **PRESETS[preset])
@@ -166,11 +179,11 @@ def config_from_args(args) -> ExperimentConfig:
     updates = {"out": args.out, "report": args.report, "base": args.base,
                "haystack": getattr(args, "haystack", None)}
     if args.seeds:
-        updates["seeds"] = [int(s) for s in args.seeds.split(",")]
+        updates["seeds"] = _seeds(_items(args.seeds))
     if args.methods:
-        updates["methods"] = args.methods.split(",")
+        updates["methods"] = _items(args.methods)
     if args.tasks:
-        updates["tasks"] = args.tasks.split(",")
+        updates["tasks"] = _items(args.tasks)
     for name in ("steps", "eval_samples"):
         value = getattr(args, name, None)
         if value is not None:

@@ -93,8 +93,16 @@ def lora_config(cfg):
     from peft import LoraConfig
 
     return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=cfg.lora_target_modules,
+                      lora_dropout=cfg.lora_dropout, target_modules=lora_targets(cfg.lora_target_modules),
                       bias="none")
+
+
+def lora_targets(names: list[str] | None) -> list[str] | str | None:
+    """The module names as PEFT takes them: ``all-linear`` alone is PEFT's shorthand, which PEFT
+    recognises only as a string (in a list it would be looked up as a module name)."""
+    if names and len(names) == 1 and names[0].lower() == "all-linear":
+        return "all-linear"
+    return names
 
 
 def is_peft_model(model) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -36,16 +35,24 @@ def _help(text: str, **extra) -> dict:
     return {"help": text, **extra}
 
 
+def _several(text: str) -> dict:
+    """Metadata of a flag that takes several values: space- or comma-separated (TRL's form and
+    the comma form), in a YAML config also a list."""
+    return {"help": text + " Several: space- or comma-separated.", "nargs": "+"}
+
+
 @dataclass
 class FocusConfig(TrainingArguments):
     # --- model and data ------------------------------------------------------------------
     model: str | None = field(default=None, metadata=_help(
         "Model directory, hub name, or a .gguf file (dequantized on load; see `focusft model`). "
         "Unset: the embedded tiny default (built locally)."))
-    data: str | None = field(default=None, metadata=_help(
-        "Training data: .parquet, .jsonl, .json or a saved datasets directory, with a "
-        "`messages` column (or prompt/completion). Unset: the embedded default's generated set."))
-    eval_data: str | None = field(default=None, metadata=_help("Optional held-out data, same formats."))
+    data: str | None = field(default=None, metadata=_several(
+        "Training data: .parquet, .jsonl, .json, a glob, a directory of them or a saved datasets "
+        "directory, with a `messages` column (or prompt/completion, ShareGPT, Alpaca). Unset: the "
+        "embedded default's generated set."))
+    eval_data: str | None = field(default=None, metadata=_several(
+        "Optional held-out data, same formats."))
     max_length: int = field(default=4096, metadata=_help("Maximum tokens per sample."))
     truncation: str = field(default="error", metadata=_help(
         "Samples longer than --max_length: error | left (drop the start) | right (drop the end)."))
@@ -68,8 +75,8 @@ class FocusConfig(TrainingArguments):
     lora_alpha: int = field(default=32, metadata=_help("Outer LoRA alpha (scale alpha / r)."))
     lora_dropout: float = field(default=0.05, metadata=_help("Outer LoRA dropout."))
     lora_target_modules: list[str] | None = field(default=None, metadata=_help(
-        "Module names for the outer LoRA (e.g. q_proj v_proj, or all-linear). Unset: PEFT's "
-        "default for the architecture."))
+        "Module names for the outer LoRA (e.g. q_proj v_proj, or q_proj,v_proj, or all-linear). "
+        "Unset: PEFT's default for the architecture."))
     load_in_4bit: bool = field(default=False, metadata=_help(
         "Load the base model 4-bit with bitsandbytes (QLoRA; needs --use_peft)."))
     load_in_8bit: bool = field(default=False, metadata=_help(
@@ -109,10 +116,10 @@ class FocusConfig(TrainingArguments):
         "Fraction of top decoder layers with fast weights: layers int(L*(1-f)) .. L-1."))
     fast_target_modules: list[str] = field(
         default_factory=lambda: ["auto"],
-        metadata=_help("Names of the Linear modules in each adapted layer that get fast weights; "
-                       "auto: every Linear of the layer's MLP (gate_proj, up_proj, down_proj on "
-                       "Llama-style models), the attention projections in mixture-of-experts "
-                       "layers (README 'Supported models')."))
+        metadata=_help("Names of the Linear modules in each adapted layer that get fast weights "
+                       "(space- or comma-separated); auto: every Linear of the layer's MLP "
+                       "(gate_proj, up_proj, down_proj on Llama-style models), the attention "
+                       "projections in mixture-of-experts layers (README 'Supported models')."))
     skip_model_check: bool = field(default=False, metadata=_help(
         "UNSAFE: skip the model self-check before the first step (focusft's attention, inner-loop "
         "logits and loss compared with the model's own eager forward on a tiny probe). Without it "
@@ -140,10 +147,10 @@ class FocusConfig(TrainingArguments):
     diagnostics_samples: int = field(default=8, metadata=_help(
         "Probe batch size: the first N rows of --eval_data (else the embedded default's "
         "held-out rows, or the training rows of --data)."))
-    diagnostics_mask: str = field(default="causal", metadata=_help(
-        "Mask(s) the probe is measured under, comma-separated: causal (as the model is used at "
-        "inference, the same for every method) | glm (as FocuSFT trains); e.g. glm,causal. "
-        "The first is logged as diag/*, the others as diag_<mask>/*."))
+    diagnostics_mask: str = field(default="causal", metadata=_several(
+        "Mask(s) the probe is measured under: causal (as the model is used at inference, the "
+        "same for every method) | glm (as FocuSFT trains); e.g. glm causal. The first is logged "
+        "as diag/*, the others as diag_<mask>/*."))
     # --- changed defaults of TrainingArguments ---------------------------------------------
     output_dir: str | None = field(default="runs/focusft", metadata=_help("Where checkpoints go."))
     learning_rate: float = field(default=1e-5, metadata=_help("Outer AdamW learning rate."))
@@ -155,12 +162,17 @@ class FocusConfig(TrainingArguments):
     per_device_train_batch_size: int = field(default=1, metadata=_help("Samples per device per micro-batch."))
     logging_steps: float = field(default=10, metadata=_help("Log every N optimizer steps."))
     save_strategy: str = field(default="no", metadata=_help("no | steps | epoch (the final model is always saved)."))
+    report_to: None | str | list[str] = field(default="none", metadata=_several(
+        "Integrations to report to (e.g. tensorboard wandb), all, or none."))
+    optim_target_modules: None | str | list[str] = field(default=None, metadata=_several(
+        "Modules the optimizer targets (GaLore, APOLLO...): one regex, or several names."))
 
     @property
     def diagnostics_masks(self) -> list[str]:
         return [m.strip() for m in self.diagnostics_mask.split(",") if m.strip()]
 
     def __post_init__(self):
+        _gather_lists(self)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {' | '.join(allowed)}, got {getattr(self, name)!r}")
@@ -279,10 +291,63 @@ def yaml_to_flags(path: str) -> list[str]:
     return flags
 
 
+# Fields whose several values are kept as one string, joined by this separator.
+_JOINED = {"data": ",", "eval_data": ",", "diagnostics_mask": ","}
+# List fields of names, where a comma inside one value separates two names.
+_NAME_LISTS = ("lora_target_modules", "fast_target_modules", "label_names", "include_for_metrics",
+               "report_to", "optim_target_modules")
+
+
+def _gather_lists(cfg) -> None:
+    """Bring every list-valued field to one form, whichever way it was given (flags, YAML, code):
+    lists of names split at commas; joined fields back to their string; one optimizer target
+    stays a string (a regex, as TrainingArguments reads it)."""
+    for name, separator in _JOINED.items():
+        value = getattr(cfg, name)
+        if isinstance(value, (list, tuple)):
+            setattr(cfg, name, separator.join(_split(value)) or None)
+    for name in _NAME_LISTS:
+        value = getattr(cfg, name)
+        if isinstance(value, (list, tuple)):
+            setattr(cfg, name, _split(value))
+        elif isinstance(value, str) and "," in value and name != "optim_target_modules":
+            setattr(cfg, name, _split([value]))
+    if isinstance(cfg.optim_target_modules, list) and len(cfg.optim_target_modules) == 1:
+        cfg.optim_target_modules = cfg.optim_target_modules[0]
+
+
+def _split(values) -> list[str]:
+    return [item.strip() for value in values for item in str(value).split(",") if item.strip()]
+
+
 def _list_fields() -> set[str]:
-    """Fields that take several values (their type allows a list)."""
-    hints = typing.get_type_hints(FocusConfig)
-    return {f.name for f in fields(FocusConfig) if f.init and "list" in str(hints.get(f.name, "")).lower()}
+    """Fields that take several values (argparse ``nargs``: list types and ``_several``)."""
+    return {action.dest for action in _parser()._actions if action.nargs in ("+", "*")}
+
+
+def _parser() -> HfArgumentParser:
+    parser = HfArgumentParser(FocusConfig, prog="focusft train")
+    parser.error = _flag_error  # a bad flag value: one-paragraph UserError, not usage + exit
+    return parser
+
+
+def split_list_flags(flags: list[str], listed: set[str]) -> list[str]:
+    """Every value of a list-valued flag split at its commas (``--x a,b c`` -> ``--x a b c``),
+    before argparse reads them, so typed items (enums) are checked one by one."""
+    out, inside = [], False
+    for token in flags:
+        if token.startswith("--"):
+            name, eq, value = token[2:].partition("=")
+            inside = name in listed
+            if inside and eq:
+                out += [f"--{name}", *_split([value])]
+                continue
+            out.append(token)
+        elif inside:
+            out += _split([token])
+        else:
+            out.append(token)
+    return out
 
 
 def parse_config(argv: list[str]) -> FocusConfig:
@@ -293,8 +358,9 @@ def parse_config(argv: list[str]) -> FocusConfig:
         if i + 1 >= len(flags):
             raise UserError("--config needs a file name")
         flags = yaml_to_flags(flags[i + 1]) + flags[:i] + flags[i + 2 :]
-    parser = HfArgumentParser(FocusConfig, prog="focusft train")
-    parser.error = _flag_error  # a bad flag value: one-paragraph UserError, not usage + exit
+    parser = _parser()
+    flags = split_list_flags(flags, {o[2:] for a in parser._actions if a.nargs in ("+", "*")
+                                     for o in a.option_strings if o.startswith("--")})
     try:
         (config,) = parser.parse_args_into_dataclasses(args=flags)
     except ValueError as err:  # TrainingArguments' own checks (e.g. bf16 without support)

@@ -141,7 +141,16 @@ def test_unknown_role(run):
 def test_non_string_content(run):
     rows = [OK, {"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "a"}]}]
     code, err = run(rows)
-    assert_refused(run, code, err, "line 2", "messages[0].content must be a string, got int")
+    assert_refused(run, code, err, "line 2",
+                   "messages[0].content must be a string or a list of text parts, got int")
+
+
+def test_non_text_content_part(run):
+    image = {"type": "image_url", "image_url": {"url": "https://example.org/cat.png"}}
+    rows = [OK, {"messages": [{"role": "user", "content": [{"type": "text", "text": "What?"}, image]},
+                              {"role": "assistant", "content": "A cat."}]}]
+    code, err = run(rows)
+    assert_refused(run, code, err, "line 2", "messages[0].content[1] is a part of type 'image_url'")
 
 
 def test_no_assistant_turn(run):
