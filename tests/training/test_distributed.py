@@ -180,12 +180,63 @@ def cli_flags(model_dir: Path, data: Path, out: Path) -> list[str]:
             "--report_to", "none"]
 
 
+def logged_losses(checkpoint: Path) -> dict[int, float]:
+    import json
+
+    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+def safetensors_of(directory: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
 @pytest.mark.slow
-def test_torchrun_cli_trains_with_two_ranks(model_dir, data_file, tmp_path):
-    out = tmp_path / "run"
-    proc = run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, out), "--use_cpu", "true"))
-    assert (out / "final" / "model.safetensors").exists()
-    assert '"steps": 2' in proc.stdout
+def test_torchrun_cli_outputs_complete_and_resumable(model_dir, data_file, tmp_path):
+    """`torchrun -m focusft.cli train` on 2 ranks: one complete output, and a resumable checkpoint.
+
+    Run A trains 4 steps, saving checkpoints at steps 2 and 4; run B starts from a copy of A's
+    checkpoint-2 and trains steps 3-4. final/ is written by rank 0 alone, so it holds the
+    model (not only what every rank writes) and reloads in plain transformers with the weights
+    rank 0 saved in its last checkpoint; B's logged losses and final weights equal A's.
+    """
+    import json
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    flags = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+             "--logging_steps", "1", "--use_cpu", "true"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    proc = run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, a), *flags))
+    assert f"checkpoint: {a / 'final'}" in proc.stdout
+    assert sorted(p.name for p in a.iterdir()) == [
+        "checkpoint-2", "checkpoint-4", "data_report.json", "final", "result.json"]
+    assert json.loads((a / "result.json").read_text())["steps"] == 4
+    final = a / "final"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "focusft.yaml", "README.md"):
+        assert (final / name).is_file(), name
+    model = AutoModelForCausalLM.from_pretrained(final)
+    saved = safetensors_of(a / "checkpoint-4")  # rank 0's weights after the last step
+    reloaded = model.state_dict()
+    for name, tensor in saved.items():
+        assert torch.equal(reloaded[name], tensor), name
+    initial = safetensors_of(model_dir)
+    assert any(not torch.equal(initial[name], t) for name, t in saved.items())  # it trained
+
+    b.mkdir()
+    shutil.copytree(a / "checkpoint-2", b / "checkpoint-2")
+    run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, b), *flags,
+                 "--resume_from_checkpoint", "last"))
+    want, got = logged_losses(a / "checkpoint-4"), logged_losses(b / "checkpoint-4")
+    assert sorted(want) == [1, 2, 3, 4] and sorted(got) == [1, 2, 3, 4]
+    for step in (3, 4):  # trained after the resume
+        assert got[step] == pytest.approx(want[step], rel=1e-5), step
+    resumed = safetensors_of(b / "final")
+    for name, tensor in safetensors_of(final).items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
 
 
 @pytest.mark.slow
