@@ -37,6 +37,7 @@ from focusft.training.config import FocusConfig
 from focusft.data.pipeline import Collator, load_rows, tokenize_rows
 from focusft.errors import UserError
 from focusft.core.distributed import launch_problem
+from focusft.core.zero import check_engine, gathered, prepare_deepspeed
 from focusft.training.faults import GracefulStop, TrainingInterrupted, checkpoint_of
 from focusft.training.loading import load_model_and_tokenizer
 
@@ -78,7 +79,8 @@ def check_model(model, cfg: FocusConfig) -> None:
         models.check_supported(model)
         logger.warning("focusft: --skip_model_check: the model self-check is skipped (unsafe)")
         return
-    selfcheck.check_model(model, cfg)
+    with gathered([model]):  # ZeRO-3 (zero.Init): the check runs the model outside the engine
+        selfcheck.check_model(model, cfg)
 
 
 def check_output_dir(cfg: FocusConfig) -> None:
@@ -177,8 +179,10 @@ def train(cfg: FocusConfig) -> dict:
     from focusft.training.trainer import FocusTrainer
 
     check_output_dir(cfg)
+    prepare_deepspeed(cfg)  # before the process group forms (cfg.world_size)
     if (problem := launch_problem(cfg.world_size, cfg.use_cpu)):  # N processes, N lone copies
         raise UserError(problem)
+    check_engine(cfg)
     resume_target(cfg)  # a bad --resume_from_checkpoint fails before any work
     model, tokenizer = load_model_and_tokenizer(cfg)
     check_model(model, cfg)  # nothing is written before the model is known to train exactly

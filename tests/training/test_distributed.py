@@ -7,8 +7,6 @@ marked slow but stay in the default run. See docs/distributed.md for what they e
 from __future__ import annotations
 
 import glob
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,29 +17,7 @@ import yaml
 import dist_worker
 from focusft.core.distributed import launch_problem
 
-HERE = Path(__file__).resolve().parents[1]  # tests/: the workers live there
-ROOT = HERE.parent
-CONFIGS = ROOT / "focusft" / "configs" / "accelerate"
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"}
-
-
-def run(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
-def torchrun(*args: str) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from multiproc import BIN, CONFIGS, HERE, logged_losses, run, safetensors_of, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -178,19 +154,6 @@ def cli_flags(model_dir: Path, data: Path, out: Path) -> list[str]:
     return ["train", "--model", str(model_dir), "--data", str(data), "--output_dir", str(out),
             "--max_steps", "2", "--fast_rank", "4", "--max_length", "256", "--disable_tqdm", "true",
             "--report_to", "none"]
-
-
-def logged_losses(checkpoint: Path) -> dict[int, float]:
-    import json
-
-    history = json.loads((checkpoint / "trainer_state.json").read_text())["log_history"]
-    return {h["step"]: h["loss"] for h in history if "loss" in h}
-
-
-def safetensors_of(directory: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(directory / "model.safetensors"))
 
 
 @pytest.mark.slow
