@@ -54,6 +54,35 @@ def launch_problem(world_size: int, use_cpu: bool, env=os.environ) -> str | None
     return None
 
 
+def sequence_parallel_refusal(what: str) -> str:
+    """Why `what` (a flag or a launcher setting asking for sequence parallelism) is refused."""
+    return (f"{what}: sequence parallelism (one sequence split over several devices) is not "
+            "supported: focusft's GLM block attention and its per-sample inner loop need every "
+            "sequence whole on one device. Keep sp_size 1 and fit long sequences on one device with "
+            "--gradient_checkpointing true and weights sharded over devices (FSDP2: "
+            "configs/accelerate/fsdp.yaml, or DeepSpeed ZeRO-3: deepspeed_zero3.yaml); see "
+            "docs/distributed.md.")
+
+
+def parallelism_problem(cfg, env=os.environ) -> str | None:
+    """A message when the accelerate parallelism config asks for what focusft cannot do exactly.
+
+    * sequence parallelism (``sp_size`` > 1): see `sequence_parallel_refusal`;
+    * torch context parallelism (``cp_size`` > 1): accelerate's hook drops the attention mask
+      and forces causal attention, so GLM blocks would silently train as causal.
+    """
+    pc = getattr(cfg, "parallelism_config", None)
+    sp = getattr(pc, "sp_size", None) or int(env.get("PARALLELISM_CONFIG_SP_SIZE", "1") or 1)
+    cp = getattr(pc, "cp_size", None) or int(env.get("PARALLELISM_CONFIG_CP_SIZE", "1") or 1)
+    if sp > 1:
+        return sequence_parallel_refusal(f"the accelerate parallelism config's sp_size {sp}")
+    if cp > 1 and cfg.attention == "glm":
+        return (f"the accelerate parallelism config's cp_size {cp}: torch context parallelism "
+                "drops the attention mask and attends causally, so --attention glm would silently "
+                "train as causal. Use cp_size 1 (or --attention causal).")
+    return None
+
+
 def _working_command(n: int) -> str:
     cpu = "" if torch.cuda.is_available() else " --use_cpu true"
     return (f"Launch with: torchrun --nproc_per_node {n} -m focusft.cli train <your flags>{cpu}"
