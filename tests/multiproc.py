@@ -55,3 +55,22 @@ def safetensors_of(directory: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(directory / "model.safetensors"))
+
+
+def srun_like(cmd: list[str], tasks: int = 2, timeout: int = 180) -> list[str]:
+    """Start `cmd` as `srun --ntasks N` would on one node: N processes that only have SLURM's
+    variables (no torchrun); every one must exit 0. Returns their stdouts."""
+    port = str(free_port())
+    procs = []
+    for rank in range(tasks):
+        env = {k: v for k, v in ENV.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR")}
+        env.update(SLURM_JOB_ID="1", SLURM_STEP_ID="0", SLURM_STEP_NUM_TASKS=str(tasks),
+                   SLURM_NTASKS=str(tasks), SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
+                   SLURM_STEP_NUM_NODES="1", SLURM_NNODES="1", SLURM_STEP_TASKS_PER_NODE=str(tasks),
+                   MASTER_PORT=port)
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, f"{' '.join(cmd)}\n{out[-3000:]}\n{err[-6000:]}"
+    return [out for out, _ in outs]

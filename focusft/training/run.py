@@ -36,7 +36,7 @@ from focusft.training import adapters
 from focusft.training.config import FocusConfig
 from focusft.data.pipeline import Collator, load_rows, tokenize_rows
 from focusft.errors import UserError
-from focusft.core.distributed import launch_problem, parallelism_problem
+from focusft.core.distributed import adopt_slurm, launch_problem, parallelism_problem
 from focusft.core.zero import check_engine, gathered, prepare_deepspeed
 from focusft.training.faults import GracefulStop, TrainingInterrupted, checkpoint_of
 from focusft.training.loading import load_model_and_tokenizer
@@ -179,7 +179,8 @@ def train(cfg: FocusConfig) -> dict:
     from focusft.training.trainer import FocusTrainer
 
     check_output_dir(cfg)
-    prepare_deepspeed(cfg)  # before the process group forms (cfg.world_size)
+    adopt_slurm()  # srun without torchrun; before the process group forms (cfg.world_size)
+    prepare_deepspeed(cfg)
     if (problem := launch_problem(cfg.world_size, cfg.use_cpu)):  # N processes, N lone copies
         raise UserError(problem)
     if (problem := parallelism_problem(cfg)):

@@ -17,7 +17,7 @@ import yaml
 import dist_worker
 from focusft.core.distributed import launch_problem
 
-from multiproc import BIN, CONFIGS, HERE, logged_losses, run, safetensors_of, torchrun
+from multiproc import BIN, CONFIGS, HERE, logged_losses, run, safetensors_of, srun_like, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,8 @@ def test_torchrun_cli_outputs_complete_and_resumable(model_dir, data_file, tmp_p
     """`torchrun -m focusft.cli train` on 2 ranks: one complete output, and a resumable checkpoint.
 
     Run A trains 4 steps, saving checkpoints at steps 2 and 4; run B starts from a copy of A's
-    checkpoint-2 and trains steps 3-4. final/ is written by rank 0 alone, so it holds the
+    checkpoint-2 and trains steps 3-4, launched as `srun --ntasks 2` starts processes (SLURM's
+    variables only), so it also checks that `focusft train` joins those into one world. final/ is written by rank 0 alone, so it holds the
     model (not only what every rank writes) and reloads in plain transformers with the weights
     rank 0 saved in its last checkpoint; B's logged losses and final weights equal A's.
     """
@@ -189,10 +190,11 @@ def test_torchrun_cli_outputs_complete_and_resumable(model_dir, data_file, tmp_p
     initial = safetensors_of(model_dir)
     assert any(not torch.equal(initial[name], t) for name, t in saved.items())  # it trained
 
-    b.mkdir()
+    b.mkdir()  # resumed under srun (2 tasks, no torchrun): the world comes from SLURM's variables
     shutil.copytree(a / "checkpoint-2", b / "checkpoint-2")
-    run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, b), *flags,
-                 "--resume_from_checkpoint", "last"))
+    srun_like([sys.executable, "-m", "focusft.cli", *cli_flags(model_dir, data_file, b), *flags,
+               "--resume_from_checkpoint", "last"])
+    assert json.loads((b / "result.json").read_text())["steps"] == 4
     want, got = logged_losses(a / "checkpoint-4"), logged_losses(b / "checkpoint-4")
     assert sorted(want) == [1, 2, 3, 4] and sorted(got) == [1, 2, 3, 4]
     for step in (3, 4):  # trained after the resume

@@ -66,3 +66,24 @@ def test_sequence_parallelism_is_refused_with_what_works():
     assert "causal" in parallelism_problem(cfg, env={"PARALLELISM_CONFIG_CP_SIZE": "2"})
     cfg.attention = "causal"
     assert parallelism_problem(cfg, env={"PARALLELISM_CONFIG_CP_SIZE": "2"}) is None
+
+
+def test_srun_tasks_get_a_torch_world():
+    """srun without torchrun: SLURM's variables become RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*."""
+    from focusft.distributed import slurm_world
+    from focusft.errors import UserError
+
+    step = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
+            "SLURM_LOCALID": "1", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
+    with pytest.raises(UserError, match="export MASTER_ADDR"):
+        slurm_world(step)
+    world = slurm_world({**step, "MASTER_ADDR": "node1"})
+    assert world == {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                     "MASTER_PORT": "29500"}
+    one_node = {**step, "SLURM_STEP_NUM_NODES": "1", "SLURM_STEP_TASKS_PER_NODE": "4"}
+    assert slurm_world(one_node)["MASTER_ADDR"] == "127.0.0.1"
+    assert slurm_world({**step, "WORLD_SIZE": "8"}) == {}  # srun + torchrun: torchrun's world
+    batch_script = {"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}  # sbatch: one process, no step
+    assert slurm_world(batch_script) == {} and launched_processes(batch_script) == 1
+    assert launched_processes(step) == 4
+    assert "started 4 processes" in launch_problem(world_size=1, use_cpu=False, env=step)
