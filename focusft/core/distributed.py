@@ -60,7 +60,7 @@ def slurm_world(env=os.environ) -> dict[str, str]:
     nodes = env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "1"))
     if "MASTER_ADDR" not in env:
         if nodes != "1":
-            from .errors import UserError
+            from focusft.errors import UserError
 
             raise UserError(f"srun started {tasks} tasks on {nodes} nodes: export MASTER_ADDR, rank "
                             "0's host, before srun, e.g. export MASTER_ADDR=$(scontrol show hostnames "

@@ -70,7 +70,7 @@ def test_sequence_parallelism_is_refused_with_what_works():
 
 def test_srun_tasks_get_a_torch_world():
     """srun without torchrun: SLURM's variables become RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*."""
-    from focusft.distributed import slurm_world
+    from focusft.core.distributed import slurm_world
     from focusft.errors import UserError
 
     step = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
