@@ -27,13 +27,28 @@ def model_dir(tmp_path_factory) -> Path:
     return path
 
 
-def worker(out: Path, model: Path, *flags: str, ranks: int = 1) -> list[dict]:
+def worker(out: Path, model: Path, *flags: str, ranks: int = 1) -> None:
     cmd = [str(HERE / "dist_worker.py"), str(out), "--model", str(model), *flags]
     if ranks == 1:
         run([sys.executable, *cmd])
     else:
         run(torchrun(*cmd, "--extra", "--use_cpu", "true"))
-    return [torch.load(f) for f in sorted(glob.glob(str(out / "rank*.pt")))]
+
+
+def results(out: Path, tag: str) -> list[dict]:
+    """The worker's records of one variant ('full' or 'emptyI'), rank by rank."""
+    return [torch.load(f) for f in sorted(glob.glob(str(out / f"rank*-{tag}.pt")))]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(model_dir, tmp_path_factory) -> Path:
+    """Three launches shared by the DDP tests: 1 rank x batch 2 and 2 ranks x 1 sample (each
+    with and without a sample that has no loss token), 1 rank x 1 sample x 2 accumulation steps."""
+    out = tmp_path_factory.mktemp("ddp")
+    worker(out / "one", model_dir, "--batch", "2", "--empty", "none", "1")
+    worker(out / "acc", model_dir, "--batch", "1", "--accum", "2")
+    worker(out / "ddp", model_dir, "--batch", "1", "--empty", "none", "1", ranks=2)
+    return out
 
 
 def assert_close(got: dict, want: dict, what: str) -> None:
@@ -90,16 +105,15 @@ def test_launcher_without_a_process_group_is_refused(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_ddp_two_ranks_equal_one_rank_batch_and_accumulation(model_dir, tmp_path):
+def test_ddp_two_ranks_equal_one_rank_batch_and_accumulation(ddp_runs):
     """2 ranks x 1 sample == 1 rank x batch 2 == 1 rank x 1 sample x 2 accumulation steps.
 
     The samples' responses differ 5x in length, so normalising per rank or per micro-batch
     (instead of by the global token count) would change the gradient; the outer optimizer is
     SGD, so the weights after the step check the same thing without Adam's sign-like first step.
     """
-    (one,) = worker(tmp_path / "one", model_dir, "--batch", "2")
-    (acc,) = worker(tmp_path / "acc", model_dir, "--batch", "1", "--accum", "2")
-    ddp = worker(tmp_path / "ddp", model_dir, "--batch", "1", ranks=2)
+    (one,), (acc,) = results(ddp_runs / "one", "full"), results(ddp_runs / "acc", "full")
+    ddp = results(ddp_runs / "ddp", "full")
     assert one["sample_ids"] == acc["sample_ids"] == [0, 1]
     assert [r["sample_ids"] for r in ddp] == [[0], [1]]
     assert all(r["world_size"] == 2 and r["wrapper"] == "DistributedDataParallel" for r in ddp)
@@ -112,11 +126,12 @@ def test_ddp_two_ranks_equal_one_rank_batch_and_accumulation(model_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_ddp_rank_without_response_tokens_neither_hangs_nor_skews(model_dir, tmp_path):
+def test_ddp_rank_without_response_tokens_neither_hangs_nor_skews(ddp_runs):
     """Rank 1's sample has no loss token: same collectives on both ranks, same gradients."""
-    (one,) = worker(tmp_path / "one", model_dir, "--batch", "2", "--empty", "1")
-    ddp = worker(tmp_path / "ddp", model_dir, "--batch", "1", "--empty", "1", ranks=2)
-    assert len(ddp) == 2
+    (one,), ddp = results(ddp_runs / "one", "empty1"), results(ddp_runs / "ddp", "empty1")
+    full = results(ddp_runs / "one", "full")[0]
+    assert len(ddp) == 2 and [r["sample_ids"] for r in ddp] == [[0], [1]]
+    assert not torch.allclose(one["grads"]["lm_head.weight"], full["grads"]["lm_head.weight"])
     for r in ddp:
         assert_close(r["grads"], one["grads"], "grads, empty rank")
         assert_close(r["weights"], one["weights"], "weights, empty rank")
