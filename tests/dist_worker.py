@@ -3,7 +3,7 @@
 Run alone (1 process) or under a launcher (``torchrun --nproc_per_node 2 tests/dist_worker.py``
 or ``accelerate launch --config_file ... tests/dist_worker.py``). Every process builds the same
 tiny Qwen2 (fixed seed) and the same fixed dataset, trains exactly ONE optimizer step with
-`FocusTrainer` (sequential sampler), and writes ``OUT/rank{R}.pt`` with
+`FocusTrainer` (sequential sampler), and writes ``OUT/rank{R}-{full|emptyI}.pt`` with
 
 * ``grads``:  every base parameter's gradient as the optimizer sees it (``on_pre_optimizer_step``:
   after accumulation and the cross-rank reduction, before clipping and the update), gathered to
@@ -11,9 +11,10 @@ tiny Qwen2 (fixed seed) and the same fixed dataset, trains exactly ONE optimizer
 * ``weights``: every base parameter after the step (full tensors);
 * ``sample_ids``: the sample ids this rank trained on, ``world_size``, ``loss``.
 
-Usage: dist_worker.py OUT [--batch B] [--accum G] [--empty I] [--extra FLAG ...]
+Usage: dist_worker.py OUT [--batch B] [--accum G] [--empty none|I ...] [--extra FLAG ...]
 ``--empty I`` strips the response tokens of sample I in the collator (a rank, or a micro-batch,
-without any loss token: the deadlock / collective check).
+without any loss token: the deadlock / collective check); ``none`` keeps every sample's. Several
+values: one step each, one after the other in the same processes (one launch).
 """
 
 from __future__ import annotations
@@ -59,10 +60,17 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--accum", type=int, default=1)
     p.add_argument("--samples", type=int, default=2)
-    p.add_argument("--empty", type=int, default=None, help="sample index without response tokens")
+    p.add_argument("--empty", nargs="+", default=["none"],
+                   help="runs, one after the other: 'none', or a sample index without response tokens")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     a = p.parse_args(argv)
+    for empty in a.empty:
+        one_step(a, None if empty == "none" else int(empty))
+    return 0
 
+
+def one_step(a, empty: int | None) -> None:
+    """One optimizer step; writes OUT/rank{R}-{full|emptyI}.pt."""
     import datasets
     from transformers import TrainerCallback
 
@@ -71,8 +79,9 @@ def main(argv=None) -> int:
     from focusft.training.loading import load_model_and_tokenizer
     from focusft.training.trainer import FocusTrainer
 
+    tag = "full" if empty is None else f"empty{empty}"
     cfg = parse_config([
-        "--model", a.model, "--output_dir", os.path.join(a.out, "run"), "--max_steps", "1",
+        "--model", a.model, "--output_dir", os.path.join(a.out, f"run-{tag}"), "--max_steps", "1",
         "--per_device_train_batch_size", str(a.batch), "--gradient_accumulation_steps", str(a.accum),
         "--train_sampling_strategy", "sequential", "--optim", "sgd", "--learning_rate", "0.1", "--warmup_steps", "0",
         "--lr_scheduler_type", "constant", "--fast_rank", "4", "--max_length", "256",
@@ -93,8 +102,8 @@ def main(argv=None) -> int:
     class SeeIds(Collator):
         def __call__(self, features):
             batch = super().__call__(features)
-            if a.empty is not None:  # this sample keeps its tokens but has no loss (no targets)
-                drop = (batch["sample_ids"] == a.empty)[:, None]
+            if empty is not None:  # this sample keeps its tokens but has no loss (no targets)
+                drop = (batch["sample_ids"] == empty)[:, None]
                 batch["loss_mask"] &= ~drop
                 batch["labels"] = batch["labels"].masked_fill(drop, -100)
             seen.extend(batch["sample_ids"].tolist())
@@ -106,14 +115,11 @@ def main(argv=None) -> int:
     out = trainer.train()
     weights = full_tensors(trainer, grads=False)
     rank = trainer.accelerator.process_index
-    if rank >= 0:
-        torch.save({"grads": captured["grads"], "weights": weights, "sample_ids": seen,
-                    "world_size": trainer.accelerator.num_processes, "loss": out.training_loss,
-                    "fsdp": trainer.is_fsdp_enabled,
-                    "wrapper": type(trainer.model_wrapped).__name__},
-                   os.path.join(a.out, f"rank{rank}.pt"))
+    torch.save({"grads": captured["grads"], "weights": weights, "sample_ids": seen,
+                "world_size": trainer.accelerator.num_processes, "loss": out.training_loss,
+                "fsdp": trainer.is_fsdp_enabled, "wrapper": type(trainer.model_wrapped).__name__},
+               os.path.join(a.out, f"rank{rank}-{tag}.pt"))
     trainer.accelerator.wait_for_everyone()
-    return 0
 
 
 def full_tensors(trainer, grads: bool) -> dict[str, torch.Tensor]:

@@ -6,8 +6,9 @@ this script applies torch's FSDP directly, exactly the wrapping accelerate perfo
 the way `FocusTrainer.compute_loss` does: reset the per-sample fast weights, arm the inner loop,
 outer forward + backward. The inner loop calls the sharded top layers again inside the forward.
 
-Usage: torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT {fsdp2|fsdp1} [--ckpt]
-Writes OUT/rank{R}.pt: the full gradients of the step (and the same computed without FSDP).
+Usage: torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT {fsdp2|fsdp1}
+Writes OUT/rank{R}-{plain|ckpt}.pt (without / with activation checkpointing): the full
+gradients of the step (and the same computed without FSDP).
 """
 
 from __future__ import annotations
@@ -58,9 +59,8 @@ def full_grads(model) -> dict[str, torch.Tensor]:
 
 
 def main() -> int:
-
+    """Both variants (plain, activation checkpointing) in one process group, one launch."""
     out, mode = sys.argv[1], sys.argv[2]
-    ckpt = "--ckpt" in sys.argv
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = FocusConfig(output_dir=os.path.join(out, "unused"), fast_rank=4, fast_layer_fraction=0.5,
@@ -75,7 +75,15 @@ def main() -> int:
     loss, fast, bilevel = step(ref, full, cfg, full["sample_ids"])
     loss.backward()
     want = full_grads(ref)
+    for ckpt in (False, True):
+        result = sharded_step(mode, ckpt, mine, cfg, world)
+        torch.save({**result, "want": want},
+                   os.path.join(out, f"rank{rank}-{'ckpt' if ckpt else 'plain'}.pt"))
+    dist.destroy_process_group()
+    return 0
 
+
+def sharded_step(mode: str, ckpt: bool, mine: dict, cfg, world: int) -> dict:
     model = tiny_qwen2(seed=0)
     attention.use_focusft_attention(model)
     layer_cls = type(decoder_layers(model)[0])
@@ -100,19 +108,17 @@ def main() -> int:
                        use_orig_params=True)
     # FocusTrainer attaches before accelerate wraps; under FSDP2 the layer objects stay the same
     # (fully_shard only swaps their class), so attaching here puts the hooks in the same places.
-    status, err = "ok", ""
+    status, err, bilevel = "ok", "", None
     try:
         loss, fast, bilevel = step(wrapped, mine, cfg, mine["sample_ids"])
         (loss * world).backward()  # FSDP averages gradients over ranks; the loss is a global sum
         got = full_grads(wrapped)
-    except Exception as exc:  # noqa: BLE001 - reported to the test
+    except Exception:  # noqa: BLE001 - reported to the test
         import traceback
         status, err, got = "error", traceback.format_exc()[-3000:], {}
-    torch.save({"status": status, "error": err, "got": got, "want": want,
-                "inner_losses": [float(x) for x in (bilevel.stats.losses if bilevel.stats else [])]},
-               os.path.join(out, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-    return 0
+    stats = bilevel.stats if bilevel is not None else None
+    return {"status": status, "error": err, "got": got,
+            "inner_losses": [float(x) for x in (stats.losses if stats else [])]}
 
 
 if __name__ == "__main__":

@@ -30,8 +30,11 @@ def packaged_config(name: str) -> str:
 
 
 def run(args) -> int:
+    from focusft.core.distributed import adopt_slurm
     from focusft.training.config import parse_config
     from focusft.training.run import train
+
+    adopt_slurm()  # srun without torchrun: the rank and world before anything reads them
 
     flags = list(args.flags)
     if "--config" not in flags and "--model" not in flags and not _wants_help(flags):

@@ -1,4 +1,4 @@
-"""Distributed-training helpers: the launch check and FSDP2's re-entrant inner loop.
+"""Distributed-training helpers: launch checks, SLURM's srun, and FSDP2's re-entrant inner loop.
 
 The inner loop is rank-local: it differentiates the fast tensors only
 (``torch.autograd.grad``), so no AccumulateGrad node of a base parameter runs, no DDP reducer
@@ -8,6 +8,8 @@ hook fires and nothing is all-reduced. Two things still need care:
   told ``--use_cpu true``; otherwise every process trains its own copy and nobody notices. And
   ``accelerate launch --cpu --num_processes N`` starts one process. Both are refused, with the
   command that works.
+* ``adopt_slurm``: processes that ``srun`` starts directly (one task per device) learn their
+  rank and the world from SLURM's variables, as under torchrun.
 * ``nested_fsdp_call``: under FSDP2 (``fully_shard``, accelerate ``fsdp_version: 2``) the inner
   loop calls the sharded top layers again, forward and backward, from inside the outer forward
   of the first adapted layer. FSDP's own bookkeeping assumes one forward then one backward per
@@ -23,13 +25,54 @@ import os
 import torch
 
 
-# Process counts a launcher leaves in the environment: torchrun / accelerate / deepspeed, and MPI.
-SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE")
+# Process counts a launcher leaves in the environment: torchrun / accelerate / deepspeed, MPI, and
+# srun (SLURM_STEP_NUM_TASKS: the tasks of this job step; SLURM_NTASKS alone is also set in a
+# batch script that runs one process, so it counts only inside a step, with SLURM_STEP_ID).
+SIZE_VARS = ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MV2_COMM_WORLD_SIZE",
+             "SLURM_STEP_NUM_TASKS")
 
 
 def launched_processes(env=os.environ) -> int:
     """How many processes the launcher says it started (1 when none says)."""
-    return max([int(env[v]) for v in SIZE_VARS if env.get(v, "").isdigit()] or [1])
+    counts = [int(env[v]) for v in SIZE_VARS if env.get(v, "").isdigit()]
+    if "SLURM_STEP_ID" in env and env.get("SLURM_NTASKS", "").isdigit():
+        counts.append(int(env["SLURM_NTASKS"]))
+    return max(counts or [1])
+
+
+def slurm_world(env=os.environ) -> dict[str, str]:
+    """torch.distributed's variables for processes that ``srun`` started directly (one task per
+    device, no torchrun): RANK = SLURM_PROCID, WORLD_SIZE = the step's tasks, LOCAL_RANK =
+    SLURM_LOCALID, rendezvous at MASTER_ADDR:MASTER_PORT (127.0.0.1:29500 on one node).
+
+    Empty when this is not an srun step of several tasks, or when a launcher inside it (torchrun,
+    accelerate) already set WORLD_SIZE. On several nodes MASTER_ADDR must be exported (rank 0's
+    host); without it a `UserError` says how.
+    """
+    tasks = env.get("SLURM_STEP_NUM_TASKS") or (env.get("SLURM_NTASKS") if "SLURM_STEP_ID" in env else "")
+    if not (tasks or "").isdigit() or int(tasks) < 2 or "WORLD_SIZE" in env or "SLURM_PROCID" not in env:
+        return {}
+    world = {"WORLD_SIZE": tasks, "RANK": env["SLURM_PROCID"], "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+             "MASTER_PORT": env.get("MASTER_PORT", "29500")}
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE", env.get("SLURM_TASKS_PER_NODE", "")).split("(")[0]
+    if per_node.isdigit():
+        world["LOCAL_WORLD_SIZE"] = per_node
+    nodes = env.get("SLURM_STEP_NUM_NODES", env.get("SLURM_NNODES", "1"))
+    if "MASTER_ADDR" not in env:
+        if nodes != "1":
+            from focusft.errors import UserError
+
+            raise UserError(f"srun started {tasks} tasks on {nodes} nodes: export MASTER_ADDR, rank "
+                            "0's host, before srun, e.g. export MASTER_ADDR=$(scontrol show hostnames "
+                            '"$SLURM_JOB_NODELIST" | head -n 1)')
+        world["MASTER_ADDR"] = "127.0.0.1"
+    return world
+
+
+def adopt_slurm(env=os.environ) -> None:
+    """Under ``srun`` without torchrun: set torch.distributed's variables (see `slurm_world`)."""
+    for key, value in slurm_world(env).items():
+        env.setdefault(key, value)
 
 
 def launch_problem(world_size: int, use_cpu: bool, env=os.environ) -> str | None:
@@ -51,6 +94,35 @@ def launch_problem(world_size: int, use_cpu: bool, env=os.environ) -> str | None
                 "starts several CPU processes only through mpirun, with --mpirun_hostfile), so the "
                 f"run would not be distributed. {_working_command(2)} For one process, launch "
                 "with --num_processes 1 (or run `focusft train` directly).")
+    return None
+
+
+def sequence_parallel_refusal(what: str) -> str:
+    """Why `what` (a flag or a launcher setting asking for sequence parallelism) is refused."""
+    return (f"{what}: sequence parallelism (one sequence split over several devices) is not "
+            "supported: focusft's GLM block attention and its per-sample inner loop need every "
+            "sequence whole on one device. Keep sp_size 1 and fit long sequences on one device with "
+            "--gradient_checkpointing true and weights sharded over devices (FSDP2: "
+            "configs/accelerate/fsdp.yaml, or DeepSpeed ZeRO-3: deepspeed_zero3.yaml); see "
+            "docs/distributed.md.")
+
+
+def parallelism_problem(cfg, env=os.environ) -> str | None:
+    """A message when the accelerate parallelism config asks for what focusft cannot do exactly.
+
+    * sequence parallelism (``sp_size`` > 1): see `sequence_parallel_refusal`;
+    * torch context parallelism (``cp_size`` > 1): accelerate's hook drops the attention mask
+      and forces causal attention, so GLM blocks would silently train as causal.
+    """
+    pc = getattr(cfg, "parallelism_config", None)
+    sp = getattr(pc, "sp_size", None) or int(env.get("PARALLELISM_CONFIG_SP_SIZE", "1") or 1)
+    cp = getattr(pc, "cp_size", None) or int(env.get("PARALLELISM_CONFIG_CP_SIZE", "1") or 1)
+    if sp > 1:
+        return sequence_parallel_refusal(f"the accelerate parallelism config's sp_size {sp}")
+    if cp > 1 and cfg.attention == "glm":
+        return (f"the accelerate parallelism config's cp_size {cp}: torch context parallelism "
+                "drops the attention mask and attends causally, so --attention glm would silently "
+                "train as causal. Use cp_size 1 (or --attention causal).")
     return None
 
 

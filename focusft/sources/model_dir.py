@@ -113,7 +113,8 @@ def load_tokenizer(path: str, flag: str = "--model", trust_remote_code: bool = F
 
 def check_vocab_fits(model, tokenizer, flag: str = "--model") -> None:
     """Every token id the tokenizer can produce must have an embedding row."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    weight = model.get_input_embeddings().weight
+    rows = getattr(weight, "ds_shape", weight.shape)[0]  # ZeRO-3 (zero.Init): the full shape
     if len(tokenizer) > rows:
         raise UserError(f"{flag}: the tokenizer has {len(tokenizer)} tokens but the model's embedding "
                         f"table has {rows} rows, so token ids {rows}..{len(tokenizer) - 1} have no "

@@ -151,6 +151,11 @@ class FocusConfig(TrainingArguments):
         "Mask(s) the probe is measured under: causal (as the model is used at inference, the "
         "same for every method) | glm (as FocuSFT trains); e.g. glm causal. The first is logged "
         "as diag/*, the others as diag_<mask>/*."))
+    # --- distribution (launchers and engines: docs/distributed.md) ---------------------------
+    sp_size: int = field(default=1, metadata=_help(
+        "Sequence-parallel degree (accelerate's ParallelismConfig sp_size): split one sequence "
+        "over N devices. Only 1 is supported; N > 1 is refused (see docs/distributed.md)."))
+
     # --- changed defaults of TrainingArguments ---------------------------------------------
     output_dir: str | None = field(default="runs/focusft", metadata=_help("Where checkpoints go."))
     learning_rate: float = field(default=1e-5, metadata=_help("Outer AdamW learning rate."))
@@ -189,6 +194,11 @@ class FocusConfig(TrainingArguments):
         _check_range("diagnostics_steps", self.diagnostics_steps, low=0)
         _check_range("diagnostics_samples", self.diagnostics_samples, low=1)
         _check_training_values(self)
+        _check_range("sp_size", self.sp_size, low=1)
+        if self.sp_size > 1:
+            from focusft.core.distributed import sequence_parallel_refusal
+
+            raise UserError(sequence_parallel_refusal(f"--sp_size {self.sp_size}"))
         if self.attention_kernel == "flex" and not _cuda_available():
             raise UserError("--attention_kernel flex needs a CUDA device (FlexAttention has no "
                             "CPU backward); use --attention_kernel sdpa")

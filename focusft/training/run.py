@@ -11,9 +11,15 @@
       data_report.json        what the data pipeline read, kept, truncated and dropped
       result.json             summary printed at the end
 
-The final model is written to a temporary directory first and renamed into place, so a
+The final model is written to a staging directory first and renamed into place, so a
 crash never leaves a half-written `final/`. Staging and temporary folders start with ``_``,
 which the Trainer's ``push_to_hub`` never uploads.
+
+Under a launcher (torchrun, accelerate, deepspeed, srun) every process runs `train`, but only
+the main process writes files: `data_report.json`, `final/` (assembled in one staging folder
+that all ranks know), `result.json`. The other processes wait at a barrier. Every rank still
+enters ``trainer.save_model``, because under sharded engines (ZeRO-3, FSDP) gathering the full
+state dict is a collective; the Trainer writes from the main process only.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import datasets
@@ -31,7 +36,8 @@ from focusft.training import adapters
 from focusft.training.config import FocusConfig
 from focusft.data.pipeline import Collator, load_rows, tokenize_rows
 from focusft.errors import UserError
-from focusft.core.distributed import launch_problem
+from focusft.core.distributed import adopt_slurm, launch_problem, parallelism_problem
+from focusft.core.zero import check_engine, gathered, prepare_deepspeed
 from focusft.training.faults import GracefulStop, TrainingInterrupted, checkpoint_of
 from focusft.training.loading import load_model_and_tokenizer
 
@@ -73,7 +79,8 @@ def check_model(model, cfg: FocusConfig) -> None:
         models.check_supported(model)
         logger.warning("focusft: --skip_model_check: the model self-check is skipped (unsafe)")
         return
-    selfcheck.check_model(model, cfg)
+    with gathered([model]):  # ZeRO-3 (zero.Init): the check runs the model outside the engine
+        selfcheck.check_model(model, cfg)
 
 
 def check_output_dir(cfg: FocusConfig) -> None:
@@ -108,30 +115,39 @@ def has_checkpoint(output_dir: str) -> bool:
 def save_final(trainer, tokenizer, cfg: FocusConfig, metrics: dict | None = None) -> Path:
     """Write the model (or adapter) + tokenizer + focusft.yaml + model card to output_dir/final.
 
-    Atomically: everything goes to a temporary folder first (its name starts with ``_``, so
-    ``push_to_hub`` skips it), renamed into place once complete.
+    Atomically: everything goes to ``output_dir/_final-staging`` first (its name starts with
+    ``_``, so ``push_to_hub`` skips it), renamed into place once complete. Call it on every rank:
+    all of them take part in gathering the weights, the main process alone writes.
     """
     from focusft.training.model_card import model_card
 
     final = Path(cfg.output_dir) / "final"
-    tmp = Path(tempfile.mkdtemp(prefix="_final-", dir=cfg.output_dir))
+    staging = Path(cfg.output_dir) / "_final-staging"
+    main = trainer.is_world_process_zero()
+    if main:
+        shutil.rmtree(staging, ignore_errors=True)  # left over by a crash
+        staging.mkdir(parents=True)
+    trainer.accelerator.wait_for_everyone()
     adapter = adapters.is_peft_model(trainer.model) and not cfg.merge_adapter
     if cfg.merge_adapter and adapters.is_peft_model(trainer.model):
-        adapters.save_merged(trainer.model, str(tmp))
+        if main:  # the merge copies the full model (refused under ZeRO-3 by check_engine)
+            adapters.save_merged(trainer.model, str(staging))
     else:
         # With PEFT: the adapter (adapter_config.json + weights). _internal_call: no push of
         # output_dir from here; --push_to_hub uploads final/ once it is complete (push_final).
-        trainer.save_model(str(tmp), _internal_call=True)
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "focusft.yaml").write_text(cfg.to_yaml())
-    from focusft.sources.pretrained import SOURCE_FILE, lineage_record
+        trainer.save_model(str(staging), _internal_call=True)
+    if main:
+        tokenizer.save_pretrained(str(staging))
+        (staging / "focusft.yaml").write_text(cfg.to_yaml())
+        from focusft.sources.pretrained import SOURCE_FILE, lineage_record
 
-    if (lineage := lineage_record(cfg.model)) is not None:  # e.g. a dequantized GGUF base
-        (tmp / SOURCE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")
-    (tmp / "README.md").write_text(model_card(cfg, metrics or {}, adapter))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+        if (lineage := lineage_record(cfg.model)) is not None:  # e.g. a dequantized GGUF base
+            (staging / SOURCE_FILE).write_text(json.dumps(lineage, indent=2) + "\n")
+        (staging / "README.md").write_text(model_card(cfg, metrics or {}, adapter))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(staging, final)
+    trainer.accelerator.wait_for_everyone()
     return final
 
 
@@ -163,8 +179,13 @@ def train(cfg: FocusConfig) -> dict:
     from focusft.training.trainer import FocusTrainer
 
     check_output_dir(cfg)
+    adopt_slurm()  # srun without torchrun; before the process group forms (cfg.world_size)
+    prepare_deepspeed(cfg)
     if (problem := launch_problem(cfg.world_size, cfg.use_cpu)):  # N processes, N lone copies
         raise UserError(problem)
+    if (problem := parallelism_problem(cfg)):
+        raise UserError(problem)
+    check_engine(cfg)
     resume_target(cfg)  # a bad --resume_from_checkpoint fails before any work
     model, tokenizer = load_model_and_tokenizer(cfg)
     check_model(model, cfg)  # nothing is written before the model is known to train exactly
@@ -179,8 +200,9 @@ def train(cfg: FocusConfig) -> dict:
         probe_rows = eval_rows or (default_rows("eval", cfg, tokenizer) if cfg.data is None
                                    else train_rows)
         attach_diagnostics(trainer, tokenizer, probe_rows, cfg)
-    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(vars(report), indent=2))
+    if trainer.is_world_process_zero():
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "data_report.json").write_text(json.dumps(vars(report), indent=2))
     with GracefulStop() as stop:  # SIGINT/SIGTERM: finish the step, save a checkpoint, stop
         trainer.add_callback(stop)
         output = trainer.train(resume_from_checkpoint=resume_target(cfg))
@@ -194,7 +216,9 @@ def train(cfg: FocusConfig) -> dict:
     result = {"checkpoint": str(final), **result}
     if cfg.push_to_hub and trainer.is_world_process_zero():
         push_final(trainer, final, cfg)
-    (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, indent=2))
+    if trainer.is_world_process_zero():
+        (Path(cfg.output_dir) / "result.json").write_text(json.dumps(result, indent=2))
+    trainer.accelerator.wait_for_everyone()
     return result
 
 

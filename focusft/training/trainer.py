@@ -104,7 +104,12 @@ def inner_harm(window: dict[str, float], objective: str) -> float | None:
 
 
 class StepMeter:
-    """Averages per-step statistics between two log lines (tensors read only at log time)."""
+    """Averages per-step statistics between two log lines (tensors read only at log time).
+
+    Under several processes `flush` sums over the ranks first (one all-reduce), so a logged
+    value is the mean over every micro-batch of every rank in the window, and tokens/s counts
+    the tokens of all ranks: the same numbers one process would log for the same global batch.
+    """
 
     def __init__(self):
         self.sums, self.counts = defaultdict(float), defaultdict(int)
@@ -115,11 +120,17 @@ class StepMeter:
         self.sums[name] = self.sums[name] + value
         self.counts[name] += 1
 
-    def flush(self) -> dict[str, float]:
-        out = {k: float(self.sums[k]) / self.counts[k] for k in self.sums}
-        elapsed = time.perf_counter() - self.since
-        if self.tokens and elapsed > 0:
-            out["tokens_per_s"] = self.tokens / elapsed
+    def flush(self, sum_over_ranks=None) -> dict[str, float]:
+        """`sum_over_ranks(tensor)`: the all-reduce (the same names on every rank), or None."""
+        names = sorted(self.sums)
+        table = torch.tensor([[float(self.sums[k]), self.counts[k]] for k in names] + [[self.tokens, 0]],
+                             dtype=torch.float64)
+        if sum_over_ranks is not None:
+            table = sum_over_ranks(table)
+        out = {k: float(table[i, 0] / table[i, 1]) for i, k in enumerate(names)}
+        elapsed, tokens = time.perf_counter() - self.since, float(table[-1, 0])
+        if tokens and elapsed > 0:
+            out["tokens_per_s"] = tokens / elapsed
         self.__init__()
         return out
 
@@ -330,7 +341,7 @@ class FocusTrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if "loss" in logs:
-            window = self.meter.flush()
+            window = self.meter.flush(self._sum_over_ranks)  # the same steps on every rank
             harm = inner_harm(window, self.args.inner_objective)
             logs.update({k: round(v, 4) for k, v in window.items() if not k.startswith("_")})
             if harm is not None:
@@ -353,6 +364,12 @@ class FocusTrainer(Trainer):
                 "%d) and the SFT step trains against wrecked predictions. Lower --inner_lr (e.g. "
                 "to a tenth) or use fewer --inner_steps.", harm, self.args.harm_warn_ratio,
                 self._harm_windows, self.args.inner_lr, self.args.inner_steps)
+
+    def _sum_over_ranks(self, table: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return table
+        summed = self.accelerator.reduce(table.to(self.args.device, torch.float32), reduction="sum")
+        return summed.double().cpu()
 
     def _check_leak(self, logs: dict) -> None:
         base, outer = logs.get("inner_loss_1"), logs.get("outer_loss")

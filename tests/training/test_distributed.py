@@ -7,8 +7,6 @@ marked slow but stay in the default run. See docs/distributed.md for what they e
 from __future__ import annotations
 
 import glob
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,29 +17,7 @@ import yaml
 import dist_worker
 from focusft.core.distributed import launch_problem
 
-HERE = Path(__file__).resolve().parents[1]  # tests/: the workers live there
-ROOT = HERE.parent
-CONFIGS = ROOT / "focusft" / "configs" / "accelerate"
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"}
-
-
-def run(cmd: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
-def torchrun(*args: str) -> list[str]:
-    return [str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), *args]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from multiproc import BIN, CONFIGS, HERE, logged_losses, run, safetensors_of, srun_like, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +27,28 @@ def model_dir(tmp_path_factory) -> Path:
     return path
 
 
-def worker(out: Path, model: Path, *flags: str, ranks: int = 1) -> list[dict]:
+def worker(out: Path, model: Path, *flags: str, ranks: int = 1) -> None:
     cmd = [str(HERE / "dist_worker.py"), str(out), "--model", str(model), *flags]
     if ranks == 1:
         run([sys.executable, *cmd])
     else:
         run(torchrun(*cmd, "--extra", "--use_cpu", "true"))
-    return [torch.load(f) for f in sorted(glob.glob(str(out / "rank*.pt")))]
+
+
+def results(out: Path, tag: str) -> list[dict]:
+    """The worker's records of one variant ('full' or 'emptyI'), rank by rank."""
+    return [torch.load(f) for f in sorted(glob.glob(str(out / f"rank*-{tag}.pt")))]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(model_dir, tmp_path_factory) -> Path:
+    """Three launches shared by the DDP tests: 1 rank x batch 2 and 2 ranks x 1 sample (each
+    with and without a sample that has no loss token), 1 rank x 1 sample x 2 accumulation steps."""
+    out = tmp_path_factory.mktemp("ddp")
+    worker(out / "one", model_dir, "--batch", "2", "--empty", "none", "1")
+    worker(out / "acc", model_dir, "--batch", "1", "--accum", "2")
+    worker(out / "ddp", model_dir, "--batch", "1", "--empty", "none", "1", ranks=2)
+    return out
 
 
 def assert_close(got: dict, want: dict, what: str) -> None:
@@ -114,16 +105,15 @@ def test_launcher_without_a_process_group_is_refused(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_ddp_two_ranks_equal_one_rank_batch_and_accumulation(model_dir, tmp_path):
+def test_ddp_two_ranks_equal_one_rank_batch_and_accumulation(ddp_runs):
     """2 ranks x 1 sample == 1 rank x batch 2 == 1 rank x 1 sample x 2 accumulation steps.
 
     The samples' responses differ 5x in length, so normalising per rank or per micro-batch
     (instead of by the global token count) would change the gradient; the outer optimizer is
     SGD, so the weights after the step check the same thing without Adam's sign-like first step.
     """
-    (one,) = worker(tmp_path / "one", model_dir, "--batch", "2")
-    (acc,) = worker(tmp_path / "acc", model_dir, "--batch", "1", "--accum", "2")
-    ddp = worker(tmp_path / "ddp", model_dir, "--batch", "1", ranks=2)
+    (one,), (acc,) = results(ddp_runs / "one", "full"), results(ddp_runs / "acc", "full")
+    ddp = results(ddp_runs / "ddp", "full")
     assert one["sample_ids"] == acc["sample_ids"] == [0, 1]
     assert [r["sample_ids"] for r in ddp] == [[0], [1]]
     assert all(r["world_size"] == 2 and r["wrapper"] == "DistributedDataParallel" for r in ddp)
@@ -136,11 +126,12 @@ def test_ddp_two_ranks_equal_one_rank_batch_and_accumulation(model_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_ddp_rank_without_response_tokens_neither_hangs_nor_skews(model_dir, tmp_path):
+def test_ddp_rank_without_response_tokens_neither_hangs_nor_skews(ddp_runs):
     """Rank 1's sample has no loss token: same collectives on both ranks, same gradients."""
-    (one,) = worker(tmp_path / "one", model_dir, "--batch", "2", "--empty", "1")
-    ddp = worker(tmp_path / "ddp", model_dir, "--batch", "1", "--empty", "1", ranks=2)
-    assert len(ddp) == 2
+    (one,), ddp = results(ddp_runs / "one", "empty1"), results(ddp_runs / "ddp", "empty1")
+    full = results(ddp_runs / "one", "full")[0]
+    assert len(ddp) == 2 and [r["sample_ids"] for r in ddp] == [[0], [1]]
+    assert not torch.allclose(one["grads"]["lm_head.weight"], full["grads"]["lm_head.weight"])
     for r in ddp:
         assert_close(r["grads"], one["grads"], "grads, empty rank")
         assert_close(r["weights"], one["weights"], "weights, empty rank")
@@ -151,14 +142,16 @@ def test_ddp_rank_without_response_tokens_neither_hangs_nor_skews(model_dir, tmp
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ckpt", [False, True], ids=["plain", "activation-checkpointing"])
-def test_fsdp2_sharded_step_matches_unsharded(tmp_path, ckpt):
-    run(torchrun(str(HERE / "fsdp_worker.py"), str(tmp_path), "fsdp2", *(["--ckpt"] if ckpt else [])))
-    for rank in (0, 1):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
-        assert result["status"] == "ok", result["error"]
-        assert len(result["got"]) == len(result["want"]) > 0
-        assert_close(result["got"], result["want"], f"fsdp2 rank {rank}")
+def test_fsdp2_sharded_step_matches_unsharded(tmp_path):
+    """Without and with activation checkpointing (one launch for both)."""
+    run(torchrun(str(HERE / "fsdp_worker.py"), str(tmp_path), "fsdp2"))
+    for variant in ("plain", "ckpt"):
+        for rank in (0, 1):
+            result = torch.load(tmp_path / f"rank{rank}-{variant}.pt")
+            assert result["status"] == "ok", result["error"]
+            assert len(result["got"]) == len(result["want"]) > 0
+            assert len(result["inner_losses"]) == 2
+            assert_close(result["got"], result["want"], f"fsdp2 {variant} rank {rank}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,11 +174,51 @@ def cli_flags(model_dir: Path, data: Path, out: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_torchrun_cli_trains_with_two_ranks(model_dir, data_file, tmp_path):
-    out = tmp_path / "run"
-    proc = run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, out), "--use_cpu", "true"))
-    assert (out / "final" / "model.safetensors").exists()
-    assert '"steps": 2' in proc.stdout
+def test_torchrun_cli_outputs_complete_and_resumable(model_dir, data_file, tmp_path):
+    """`torchrun -m focusft.cli train` on 2 ranks: one complete output, and a resumable checkpoint.
+
+    Run A trains 4 steps, saving checkpoints at steps 2 and 4; run B starts from a copy of A's
+    checkpoint-2 and trains steps 3-4, launched as `srun --ntasks 2` starts processes (SLURM's
+    variables only), so it also checks that `focusft train` joins those into one world. final/ is written by rank 0 alone, so it holds the
+    model (not only what every rank writes) and reloads in plain transformers with the weights
+    rank 0 saved in its last checkpoint; B's logged losses and final weights equal A's.
+    """
+    import json
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    flags = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2",
+             "--logging_steps", "1", "--use_cpu", "true"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    proc = run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, a), *flags))
+    assert f"checkpoint: {a / 'final'}" in proc.stdout
+    assert sorted(p.name for p in a.iterdir()) == [
+        "checkpoint-2", "checkpoint-4", "data_report.json", "final", "result.json"]
+    assert json.loads((a / "result.json").read_text())["steps"] == 4
+    final = a / "final"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "focusft.yaml", "README.md"):
+        assert (final / name).is_file(), name
+    model = AutoModelForCausalLM.from_pretrained(final)
+    saved = safetensors_of(a / "checkpoint-4")  # rank 0's weights after the last step
+    reloaded = model.state_dict()
+    for name, tensor in saved.items():
+        assert torch.equal(reloaded[name], tensor), name
+    initial = safetensors_of(model_dir)
+    assert any(not torch.equal(initial[name], t) for name, t in saved.items())  # it trained
+
+    b.mkdir()  # resumed under srun (2 tasks, no torchrun): the world comes from SLURM's variables
+    shutil.copytree(a / "checkpoint-2", b / "checkpoint-2")
+    srun_like([sys.executable, "-m", "focusft.cli", *cli_flags(model_dir, data_file, b), *flags,
+               "--resume_from_checkpoint", "last"])
+    assert json.loads((b / "result.json").read_text())["steps"] == 4
+    want, got = logged_losses(a / "checkpoint-4"), logged_losses(b / "checkpoint-4")
+    assert sorted(want) == [1, 2, 3, 4] and sorted(got) == [1, 2, 3, 4]
+    for step in (3, 4):  # trained after the resume
+        assert got[step] == pytest.approx(want[step], rel=1e-5), step
+    resumed = safetensors_of(b / "final")
+    for name, tensor in safetensors_of(final).items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
 
 
 @pytest.mark.slow

@@ -44,3 +44,46 @@ def test_accelerate_launch_cpu_with_two_processes_is_refused(tmp_path):
     assert "started a single process" in proc.stderr
     assert "torchrun --nproc_per_node 2 -m focusft.cli train" in proc.stderr
     assert not out.exists()
+
+
+def test_sequence_parallelism_is_refused_with_what_works():
+    """--sp_size N > 1 (and accelerate's sp_size / GLM under cp_size) stop before any work."""
+    from types import SimpleNamespace
+
+    from focusft.training.config import parse_config
+    from focusft.core.distributed import parallelism_problem
+    from focusft.errors import UserError
+
+    with pytest.raises(UserError, match=r"--sp_size 2: sequence parallelism .* not supported"):
+        parse_config(["--sp_size", "2", "--output_dir", "unused"])
+    with pytest.raises(UserError, match="--sp_size must be"):
+        parse_config(["--sp_size", "0", "--output_dir", "unused"])
+    assert parse_config(["--sp_size", "1", "--output_dir", "unused"]).sp_size == 1
+    cfg = SimpleNamespace(parallelism_config=None, attention="glm")
+    assert parallelism_problem(cfg, env={}) is None
+    message = parallelism_problem(cfg, env={"PARALLELISM_CONFIG_SP_SIZE": "4"})
+    assert "sp_size 4" in message and "fsdp.yaml" in message
+    assert "causal" in parallelism_problem(cfg, env={"PARALLELISM_CONFIG_CP_SIZE": "2"})
+    cfg.attention = "causal"
+    assert parallelism_problem(cfg, env={"PARALLELISM_CONFIG_CP_SIZE": "2"}) is None
+
+
+def test_srun_tasks_get_a_torch_world():
+    """srun without torchrun: SLURM's variables become RANK / WORLD_SIZE / LOCAL_RANK / MASTER_*."""
+    from focusft.core.distributed import slurm_world
+    from focusft.errors import UserError
+
+    step = {"SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4", "SLURM_PROCID": "3",
+            "SLURM_LOCALID": "1", "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_TASKS_PER_NODE": "2(x2)"}
+    with pytest.raises(UserError, match="export MASTER_ADDR"):
+        slurm_world(step)
+    world = slurm_world({**step, "MASTER_ADDR": "node1"})
+    assert world == {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                     "MASTER_PORT": "29500"}
+    one_node = {**step, "SLURM_STEP_NUM_NODES": "1", "SLURM_STEP_TASKS_PER_NODE": "4"}
+    assert slurm_world(one_node)["MASTER_ADDR"] == "127.0.0.1"
+    assert slurm_world({**step, "WORLD_SIZE": "8"}) == {}  # srun + torchrun: torchrun's world
+    batch_script = {"SLURM_NTASKS": "4", "SLURM_PROCID": "0"}  # sbatch: one process, no step
+    assert slurm_world(batch_script) == {} and launched_processes(batch_script) == 1
+    assert launched_processes(step) == 4
+    assert "started 4 processes" in launch_problem(world_size=1, use_cpu=False, env=step)
