@@ -18,9 +18,10 @@ The inner loop needs nothing more. It calls the top layers again from inside the
 module call to DeepSpeed: its pre-forward hook all-gathers the layer's parameters, its
 post-forward hook releases them, and the backward hooks of the inner ``autograd.grad`` gather
 them again and release them. The inner backward forms no gradient of a base parameter (it
-differentiates the fast tensors only), so ZeRO's reduce-scatter hooks never fire for it, and
-the order of module calls is the same every step, so the prefetch trace stays valid. Measured
-by tests/test_deepspeed.py: 2 ranks under ZeRO-2 and ZeRO-3 equal one process without
+differentiates the fast tensors only), so ZeRO's reduce-scatter hooks never fire for it. (The
+order of module calls is the same every step; whether ZeRO's prefetch trace keeps up with the
+nested calls is a matter of speed, not of the result.) Measured by
+tests/training/test_deepspeed.py: 2 ranks under ZeRO-2 and ZeRO-3 equal one process without
 DeepSpeed (losses, gradient norms, inner losses and weights after 4 steps) and resume exactly.
 """
 
