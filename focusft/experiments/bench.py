@@ -318,8 +318,8 @@ class Stepper:
                 "backward_s": t2 - t1, "optimizer_s": t3 - t2, "loss": float(loss.detach())}
 
 
-def measure(spec: BenchSpec, method: str, seq_len: int) -> dict:
-    """Time and peak memory of `method` at `seq_len`, in this process."""
+def _setup(spec: BenchSpec, seq_len: int):
+    """(device, model, batch, load average at the start) of one measurement, seeded."""
     import torch
 
     if spec.threads > 0:
@@ -329,6 +329,14 @@ def measure(spec: BenchSpec, method: str, seq_len: int) -> dict:
     load_start = os.getloadavg()
     model = build_model(spec.model, seq_len, device)
     batch = build_batch(seq_len, spec.response_tokens, spec.model.vocab, device, spec.seed)
+    return device, model, batch, load_start
+
+
+def measure(spec: BenchSpec, method: str, seq_len: int) -> dict:
+    """Time and peak memory of `method` at `seq_len`, in this process."""
+    import torch
+
+    device, model, batch, load_start = _setup(spec, seq_len)
     stepper = Stepper(model, batch, method, spec, device)
     stepper.prime_optimizer()
     memory = PeakMemory(device)
@@ -357,15 +365,7 @@ def measure_interleaved(spec: BenchSpec, seq_len: int) -> dict:
     warm-up first, then ``repeats`` rounds of one timed step per method. A slow drift of the
     machine then moves every method of a round alike, so a ratio is taken within each round
     (pair by pair) and summarised over rounds by its median and range (`bench_sweep.ratios`)."""
-    import torch
-
-    if spec.threads > 0:
-        torch.set_num_threads(spec.threads)
-    device = resolve_device(spec.device)
-    torch.manual_seed(spec.seed)
-    load_start = os.getloadavg()
-    model = build_model(spec.model, seq_len, device)
-    batch = build_batch(seq_len, spec.response_tokens, spec.model.vocab, device, spec.seed)
+    device, model, batch, load_start = _setup(spec, seq_len)
     steppers = {m: Stepper(model, batch, m, spec, device) for m in spec.methods}
     for stepper in steppers.values():
         stepper.prime_optimizer()

@@ -130,8 +130,9 @@ def separation(table: dict, lengths: list[int], method: str, ref: str) -> list[s
     return [f"{n}: {v[0]:+.1f} points ({v[1]})" for n, v in cells if v]
 
 
-def reading(summary: dict) -> list[str]:
-    """Statements computed from the numbers: each method against both SFT baselines."""
+def reading(summary: dict, lengths_key: str = "long_eval_lengths") -> list[str]:
+    """Statements computed from the numbers: each method against both SFT baselines, at the
+    held-out lengths named by ``lengths_key`` in the config."""
     cfg, lines = summary["config"], []
     for suite, table in summary["accuracy"].items():
         for mask in cfg["inference_masks"]:
@@ -139,7 +140,7 @@ def reading(summary: dict) -> list[str]:
                 for ref in ("sft-causal", "sft-glm"):
                     if method == ref:
                         continue
-                    cells = separation(table, cfg["long_eval_lengths"], f"{method} [{mask}]",
+                    cells = separation(table, cfg[lengths_key], f"{method} [{mask}]",
                                        f"{ref} [causal]")
                     if cells:
                         lines.append(f"- {suite}, {method} [{mask}] vs {ref} [causal]: "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from focusft.experiments.long import separation, verdict
+from focusft.experiments.long import reading, verdict
 from focusft.experiments.plan import BASE
 from focusft.experiments.report import (_pyplot, accuracy_table, cost_table, diagnostics_by_method,
                                         diagnostics_table, plot_accuracy, plot_diagnostics)
@@ -162,22 +162,6 @@ def plot_layers(final: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def reading(summary: dict) -> list[str]:
-    cfg, lines = summary["config"], []
-    for suite, table in summary["accuracy"].items():
-        for mask in cfg["inference_masks"]:
-            for method in (*FOCUS, "sft-glm"):
-                for ref in SFT:
-                    if method == ref:
-                        continue
-                    cells = separation(table, cfg["real_eval_lengths"], f"{method} [{mask}]",
-                                       f"{ref} [causal]")
-                    if cells:
-                        lines.append(f"- {suite}, {method} [{mask}] vs {ref} [causal]: "
-                                     + "; ".join(cells) + ".")
-    return lines
-
-
 def verdict_lines(met: dict) -> list[str]:
     if all(met.values()):
         return ["**Verdict: the goal is met on all three counts.**"]
@@ -272,7 +256,7 @@ def write_markdown(summary: dict, path: Path) -> None:
               f"{cfg['seeds'][0]} checkpoints).", "", *leakage_table(summary["leakage"]), "",
               "## Cost", "", *cost_table(summary), "",
               "## The goal, checked", "", *checks, "", *verdict_lines(met), "",
-              "## Reading (computed from the tables above)", "", *reading(summary), ""]
+              "## Reading (computed from the tables above)", "", *reading(summary, "real_eval_lengths"), ""]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
