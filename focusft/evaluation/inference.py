@@ -56,7 +56,8 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], max_new_tokens: int
     layout = prompt_layout(masks, ids.shape[1], mode)
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(1) - 1).clamp(min=0)
-    out = model(input_ids=ids, position_ids=positions, layout=layout, use_cache=True)
+    out = model(input_ids=ids, position_ids=positions, layout=layout, use_cache=True,
+                logits_to_keep=1)  # the prompt's other logits are never read
     cache, nxt = _cache(out), out.logits[:, -1].argmax(-1)
     done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
     stop = torch.tensor(list(stop_ids) or [-1], device=device)

@@ -93,6 +93,7 @@ class ExperimentConfig:
     agentic_tasks: list[str] = field(default_factory=lambda: ["lookup", "compare"])
     agentic_train_lengths: list[int] = field(default_factory=lambda: [1024])
     real_eval_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
+    real_eval_tasks: list[str] = field(default_factory=lambda: ["qa1", "qa2", "qa3"])  # held out
     eval_batch: int = 4
     validation_samples: int = 4  # per task, at the longest trained length
     attention_length: int = 4096
@@ -135,17 +136,19 @@ LONG_PRESETS = {
 # --task real: on top of the preset above (focusft.experiments.real). Sized to the 150-minute
 # budget on 2 CPU cores (measured: docs/results-real.md, Cost).
 REAL_PRESETS = {
-    "full": dict(base=None, seeds=[0, 1], steps=40, batch_size=4, learning_rate=2e-5,
-                 warmup_steps=4, diagnostics_steps=10, eval_samples=6),
+    "full": dict(base=None, seeds=[0], real_train_samples=8, steps=24, batch_size=4,
+                 learning_rate=5e-5, warmup_steps=3, diagnostics_steps=8, eval_samples=2,
+                 validation_samples=2, select_grid=[[1, 0.1], [2, 0.03], [2, 0.1], [2, 1.0]],
+                 select_steps=4),
     "quick": dict(base=None, seeds=[0], real_train_lengths=[0, 256], real_train_samples=2,
                   agentic_train_lengths=[], agentic_tasks=["lookup"], tasks=["qa1", "qa2"],
                   steps=4, batch_size=2, learning_rate=2e-5, warmup_steps=1, diagnostics_steps=2,
-                  real_eval_lengths=[1024], eval_samples=2, validation_samples=2,
+                  real_eval_lengths=[1024], real_eval_tasks=["qa1", "qa2"], eval_samples=2, validation_samples=2,
                   attention_length=1024, select_grid=[[2, 0.1], [2, 1.0]], select_steps=2,
                   leakage_samples=2),
     "smoke": dict(seeds=[0], real_train_lengths=[0], real_train_samples=1, agentic_tasks=[],
                   tasks=["qa1"], steps=1, batch_size=1, warmup_steps=0, diagnostics_steps=1,
-                  real_eval_lengths=[256], eval_samples=1, validation_samples=1,
+                  real_eval_lengths=[256], real_eval_tasks=["qa1"], eval_samples=1, validation_samples=1,
                   attention_length=256, select_grid=[[1, 0.1]], select_steps=1, leakage_samples=1),
 }
 

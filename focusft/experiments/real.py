@@ -12,8 +12,8 @@ training run (`runs.train_one`) and each finished evaluation (out/eval/*.json), 
    ``real_train_lengths`` plus agentic tool-use rows (`evaluation.agentic`) at
    ``agentic_train_lengths``, shuffled with the data seed. Validation rows (validation split)
    choose the inner loop; probe rows (validation split) at the longest trained length and at
-   ``attention_length`` measure attention; test rows (test split) at ``real_eval_lengths``
-   score the models. No split shares a sample with another.
+   ``attention_length`` measure attention; test rows (test split) of ``real_eval_tasks`` at
+   ``real_eval_lengths`` score the models. No split shares a sample with another.
 2. selection (`select_inner`): for each inner objective, one short FocuSFT run per (K, inner
    lr) of ``select_grid`` on the first seed (``select_steps`` steps, the main runs' data and
    schedule); the setting whose saved model (no fast weights) has the lowest validation loss
@@ -61,10 +61,10 @@ def _count(tokenizer, row: dict) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _babi(cfg, lengths, n, split, tokenizer, hay) -> list[dict]:
+def _babi(cfg, lengths, n, split, tokenizer, hay, tasks=None) -> list[dict]:
     from focusft.experiments.sft_tasks import babi_rows
 
-    return babi_rows(cfg.tasks, lengths, n, cfg.data_seed, split, tokenizer, hay)
+    return babi_rows(tasks or cfg.tasks, lengths, n, cfg.data_seed, split, tokenizer, hay)
 
 
 def _agentic(cfg, lengths, n, split, tokenizer, hay) -> list[dict]:
@@ -86,7 +86,7 @@ def write_data(cfg: ExperimentConfig, tokenizer) -> tuple[str, str, int]:
     longest_length = max(cfg.real_train_lengths)
     validation = _babi(cfg, [longest_length], cfg.validation_samples, "validation", tokenizer, hay)
     probe = _babi(cfg, [longest_length], 2, "validation", tokenizer, hay)[:8]
-    probe_long = _babi(cfg, [cfg.attention_length], 1, "validation", tokenizer, hay)[:4]
+    probe_long = _babi(cfg, [cfg.attention_length], 1, "validation", tokenizer, hay)[:2]
     out = Path(cfg.out) / "data"
     for name, data in (("train", rows), ("validation", validation), ("probe", probe),
                        ("probe_long", probe_long)):
@@ -99,7 +99,9 @@ def heldout_rows(cfg: ExperimentConfig, tokenizer) -> dict[str, list[dict]]:
     from focusft.experiments.pretrain import resolve_haystack
 
     hay = resolve_haystack(cfg.haystack)
-    suites = {"babilong": _babi(cfg, cfg.real_eval_lengths, cfg.eval_samples, "test", tokenizer, hay)}
+    tasks = [t for t in cfg.tasks if t in cfg.real_eval_tasks] or cfg.tasks
+    suites = {"babilong": _babi(cfg, cfg.real_eval_lengths, cfg.eval_samples, "test", tokenizer,
+                                hay, tasks)}
     agentic = _agentic(cfg, cfg.real_eval_lengths, cfg.eval_samples, "test", tokenizer, hay)
     if agentic:
         suites["agentic"] = agentic

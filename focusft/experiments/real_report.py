@@ -225,8 +225,11 @@ def write_markdown(summary: dict, path: Path) -> None:
               f"{cfg['batch_size']}, AdamW lr {cfg['learning_rate']}, cosine, "
               f"{cfg['warmup_steps']} warm-up steps; seeds {cfg['seeds']}; fast weights rank 32, "
               "alpha 64, top 35% MLPs",
-              f"- evaluation: test split, greedy, inference masks {cfg['inference_masks']}, at "
-              f"{lengths} tokens, {cfg['eval_samples']} samples per task and length", "",
+              f"- evaluation: test split, BABILong "
+              f"{', '.join(t for t in cfg['tasks'] if t in cfg.get('real_eval_tasks', cfg['tasks']))}"
+              + (f" and agentic {', '.join(cfg['agentic_tasks'])}" if cfg["agentic_tasks"] else "")
+              + f", greedy, inference masks {cfg['inference_masks']}, at {lengths} tokens, "
+              f"{cfg['eval_samples']} samples per task and length", "",
               "## The inner loop, chosen on validation data", "",
               f"Short FocuSFT runs ({cfg['select_steps']} steps, seed {cfg['seeds'][0]}) per "
               "(K, inner lr); the validation loss is the saved model's (no fast weights) on "
