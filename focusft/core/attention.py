@@ -35,6 +35,10 @@ CUDA, where FlexAttention compiles to fused kernels and has a backward) is compu
 windowed key ranges, a soft-cap as its ``score_mod``; with sinks it takes the tiled path above
 (exact on any device).
 
+Under sequence parallelism (`focusft.core.sequence_parallel.active`) a layout call gets this
+rank's shard of the positions; the query, key and value are exchanged so that the call above
+runs on every position for a share of the heads, and exchanged back.
+
 Without ``layout`` (generation, decoding with a KV cache) the call is exactly transformers' own
 SDPA attention, so a model using "focusft" behaves like "sdpa" everywhere else; with a soft-cap
 or sinks (which SDPA cannot do) it is eager math under transformers' own mask (`masked_attention`).
@@ -52,6 +56,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from focusft.errors import UserError
+from focusft.core import sequence_parallel
 from focusft.core.masks import AttentionLayout, Block, window_binds
 from focusft.core.tiled_attention import block_tiles, tiled_attention
 
@@ -182,15 +187,25 @@ def focusft_attention(module, query, key, value, attention_mask, dropout=0.0, sc
                                           scaling=scaling, **kwargs)
         return masked_attention(query, key, value, attention_mask, scaling, softcap, sinks, dropout), None
     feat = attention_features(module, query, kwargs)
+    if (sp := sequence_parallel.current()) is not None:  # a shard: attend over the whole sequence
+        def whole(q, k, v):
+            return _layout_call(module, q, k, v, layout, scaling, dropout, feat)
+        return sp.attention(whole, query, key, value), None
+    return _layout_call(module, query, key, value, layout, scaling, dropout, feat), None
+
+
+def _layout_call(module, query, key, value, layout: AttentionLayout, scaling, dropout,
+                 feat) -> torch.Tensor:
+    """(B, H, S, D) -> (B, S, H, D) under `layout` (the whole sequence)."""
     if query.shape[2] != layout.seq_len or query.shape[0] != len(layout.rows):
         raise ValueError(f"layout is for {len(layout.rows)} x {layout.seq_len} tokens, "
                          f"attention got {query.shape[0]} x {query.shape[2]}")
     if layout.tail is not None and getattr(module, "layer_idx", None) == layout.tail_layer:
         layout = layout.tail  # the last layer: only the rows that reach the loss
     if layout.block_mask is not None and feat.sinks is None:
-        return flex_layout_attention(query, key, value, layout, scaling, feat.softcap, feat.window), None
+        return flex_layout_attention(query, key, value, layout, scaling, feat.softcap, feat.window)
     return layout_attention(query, key, value, layout, scaling, dropout, window=feat.window,
-                            softcap=feat.softcap, sinks=feat.sinks), None
+                            softcap=feat.softcap, sinks=feat.sinks)
 
 
 def masked_attention(query, key, value, attention_mask, scale=None, softcap=None, sinks=None,

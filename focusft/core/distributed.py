@@ -98,13 +98,12 @@ def launch_problem(world_size: int, use_cpu: bool, env=os.environ) -> str | None
 
 
 def sequence_parallel_refusal(what: str) -> str:
-    """Why `what` (a flag or a launcher setting asking for sequence parallelism) is refused."""
-    return (f"{what}: sequence parallelism (one sequence split over several devices) is not "
-            "supported: focusft's GLM block attention and its per-sample inner loop need every "
-            "sequence whole on one device. Keep sp_size 1 and fit long sequences on one device with "
-            "--gradient_checkpointing true and weights sharded over devices (FSDP2: "
-            "configs/accelerate/fsdp.yaml, or DeepSpeed ZeRO-3: deepspeed_zero3.yaml); see "
-            "docs/distributed.md.")
+    """Why `what` (a launcher setting asking for accelerate's own sequence parallelism) is refused."""
+    return (f"{what}: accelerate's sequence parallelism replaces the attention and the loss with "
+            "its own (DeepSpeed ALST), which knows neither focusft's GLM block layout nor its "
+            "per-sample inner loop. Leave sp_size out of the accelerate config and pass "
+            "--sp_size N to focusft train instead (the same Ulysses split, with the GLM layout and "
+            "the inner loop kept exact); see docs/distributed.md.")
 
 
 def parallelism_problem(cfg, env=os.environ) -> str | None:

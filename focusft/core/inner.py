@@ -62,20 +62,27 @@ def clip_per_sample(grads: list[torch.Tensor], max_norm: float, mode: str) -> li
 
 
 def inner_loop(sample_losses: Callable[[], torch.Tensor], fast: FastWeights,
-               cfg: InnerConfig) -> InnerStats:
-    """Adapt `fast` in place for cfg.steps SGD steps; `sample_losses()` returns (N,) losses."""
+               cfg: InnerConfig, group=None) -> InnerStats:
+    """Adapt `fast` in place for cfg.steps SGD steps; `sample_losses()` returns (N,) losses.
+
+    `group` (sequence parallelism, `focusft.core.sequence_parallel.SequenceParallel`): the
+    losses are partial sums of a shard; they and the gradients are summed over the group
+    before the finite check and the clipping, so every rank takes the same steps."""
     stats = InnerStats()
     tensors = [t.detach().requires_grad_(True) for t in fast.tensors()]
     for _ in range(cfg.steps):
         fast.assign(tensors)
         losses = sample_losses()
-        finite = torch.isfinite(losses.detach())
+        whole = losses.detach() if group is None else group.all_reduce(losses.detach().clone())
+        finite = torch.isfinite(whole)
         grads = torch.autograd.grad(torch.where(finite, losses, 0.0).sum(), tensors,
                                     allow_unused=True)
         grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, tensors)]
+        if group is not None:
+            grads = group.sum_tensors(grads)
         grads = [torch.where(finite.view(-1, *[1] * (g.dim() - 1)), g, 0.0) for g in grads]
         # Kept as tensors: no device sync on the hot path; the trainer reads them when it logs.
-        stats.losses.append(torch.where(finite, losses.detach(), 0.0).sum() / finite.sum().clamp(min=1))
+        stats.losses.append(torch.where(finite, whole, 0.0).sum() / finite.sum().clamp(min=1))
         stats.grad_norms.append(_per_sample_norms(grads).pow(2).sum(0).sqrt().mean())
         stats.skipped = stats.skipped + (~finite).sum()
         grads = clip_per_sample(grads, cfg.clip, cfg.clip_mode)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from focusft.core import models
+from focusft.core import models, sequence_parallel
 from focusft.core.checkpointing import inner_checkpointing
 from focusft.core.distributed import nested_fsdp_call
 from focusft.core.fast_weights import FastWeights
@@ -53,6 +53,7 @@ class Targets:
     tokens: torch.Tensor  # (T,)
     samples: torch.Tensor  # (T,) sample of each target (= row unless rows are packed)
     n_samples: int
+    counts: torch.Tensor | None = None  # (N,) targets per sample, if not these (a shard's, SP)
 
 
 def _make_targets(mask: torch.Tensor, tokens_at, sample_index: torch.Tensor | None) -> Targets:
@@ -82,8 +83,8 @@ def sample_mean_ce(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
     ce = F.cross_entropy(logits.float(), targets.tokens, reduction="none")
     n = targets.n_samples
     sums = torch.zeros(n, device=ce.device).index_add(0, targets.samples, ce)
-    counts = torch.bincount(targets.samples, minlength=n).clamp(min=1)
-    return sums / counts
+    counts = targets.counts if targets.counts is not None else torch.bincount(targets.samples, minlength=n)
+    return sums / counts.clamp(min=1)
 
 
 @dataclass
@@ -93,6 +94,7 @@ class InnerJob:
     targets: Targets
     layout: AttentionLayout | None = None  # None: the outer layout; else e.g. causal for context
     token_samples: torch.Tensor | None = None  # (B, S) sample of each token, -1 = pad (aux loss)
+    reduce: object = None  # sequence parallelism: sums inner losses and gradients over the group
 
 
 class BilevelStep:
@@ -146,7 +148,7 @@ class BilevelStep:
                 hidden, bottom_router = self._bottom(self._embeds, kwargs)
                 self._embeds = None
             self.stats = inner_loop(lambda: self._top_losses(hidden, kwargs, job, bottom_router),
-                                    self.fast, self.cfg)
+                                    self.fast, self.cfg, job.reduce)
         return None
 
     def _bottom(self, embeds: torch.Tensor, kwargs: dict):
@@ -202,7 +204,7 @@ def outer_logits(model, batch: dict, layout: AttentionLayout):
     # The last layer matters only where logits are taken (also for the response-objective
     # inner loop, which runs under this layout), unless a router loss reads its router logits
     # at every position.
-    if aux is None:
+    if aux is None and sequence_parallel.current() is None:  # a shard has no whole rows
         layout = layout.with_tail((labels != -100).cpu(), len(models.decoder_layers(model)) - 1)
         if "sample_index" in batch:  # packed rows: the fast weights index the last layer's MLP
             layout = replace(layout, tail_keep=None)  # by position, so it runs on every row
@@ -244,8 +246,12 @@ def batch_layout(batch: dict, attention: str, kernel: str = "sdpa") -> Attention
 
 
 def arm_inner(fast: FastWeights, bilevel: BilevelStep, batch: dict, seeds: list[int],
-              objective: str = "response", kernel: str = "sdpa") -> None:
-    """Reset the per-sample fast weights of `batch` and arm the inner loop for its forward."""
+              objective: str = "response", kernel: str = "sdpa", sp=None) -> None:
+    """Reset the per-sample fast weights of `batch` and arm the inner loop for its forward.
+
+    `batch` is the whole batch; with sequence parallelism (`sp`, a
+    `focusft.core.sequence_parallel.SequenceParallel`) the forward then runs on this rank's
+    shard, and the inner loop on the shard's targets (whole-sequence counts)."""
     packed = batch.get("sample_index")
     segments = [row_segments(r) for r in packed.tolist()] if packed is not None else None
     fast.reset(seeds, device=batch["input_ids"].device, segments=segments)
@@ -255,4 +261,7 @@ def arm_inner(fast: FastWeights, bilevel: BilevelStep, batch: dict, seeds: list[
         targets = context_targets(batch["input_ids"], batch["loss_mask"], batch["attention_mask"], packed)
         job = InnerJob(targets, batch_layout(batch, "causal", kernel))
     job.token_samples = token_samples(batch)
+    if sp is not None and sp.size > 1:
+        job.targets = sp.local_targets(job.targets, batch["input_ids"].shape[1])
+        job.reduce = sp
     bilevel.arm(job)

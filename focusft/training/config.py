@@ -153,8 +153,10 @@ class FocusConfig(TrainingArguments):
         "as diag/*, the others as diag_<mask>/*."))
     # --- distribution (launchers and engines: docs/distributed.md) ---------------------------
     sp_size: int = field(default=1, metadata=_help(
-        "Sequence-parallel degree (accelerate's ParallelismConfig sp_size): split one sequence "
-        "over N devices. Only 1 is supported; N > 1 is refused (see docs/distributed.md)."))
+        "Sequence-parallel degree (Ulysses, as accelerate's ParallelismConfig sp_size): each "
+        "sequence is split over N consecutive ranks, which attend over all of it for a share of "
+        "the heads; the processes must be a multiple of N, the attention heads too. "
+        "docs/distributed.md."))
 
     # --- changed defaults of TrainingArguments ---------------------------------------------
     output_dir: str | None = field(default="runs/focusft", metadata=_help("Where checkpoints go."))
@@ -195,10 +197,9 @@ class FocusConfig(TrainingArguments):
         _check_range("diagnostics_samples", self.diagnostics_samples, low=1)
         _check_training_values(self)
         _check_range("sp_size", self.sp_size, low=1)
-        if self.sp_size > 1:
-            from focusft.core.distributed import sequence_parallel_refusal
-
-            raise UserError(sequence_parallel_refusal(f"--sp_size {self.sp_size}"))
+        if self.sp_size > 1 and self.packing:
+            raise UserError(f"--sp_size {self.sp_size} with --packing true is not supported: "
+                            "pack without sequence parallelism, or split unpacked rows")
         if self.attention_kernel == "flex" and not _cuda_available():
             raise UserError("--attention_kernel flex needs a CUDA device (FlexAttention has no "
                             "CPU backward); use --attention_kernel sdpa")

@@ -194,7 +194,8 @@ def train(cfg: FocusConfig) -> dict:
         else (None, None, None)
     trainer = FocusTrainer(model, cfg, train_dataset=train_set, eval_dataset=eval_set,
                            data_collator=Collator(pad_id=tokenizer.pad_token_id,
-                                                 pack_to=cfg.max_length if cfg.packing else None),
+                                                 pack_to=cfg.max_length if cfg.packing else None,
+                                                 pad_to_multiple_of=cfg.sp_size if cfg.sp_size > 1 else None),
                            processing_class=tokenizer)
     if cfg.diagnostics_steps:
         probe_rows = eval_rows or (default_rows("eval", cfg, tokenizer) if cfg.data is None

@@ -36,7 +36,7 @@ import torch
 from transformers import Trainer
 
 from focusft.training import adapters
-from focusft.core import attention  # attention: registers the "focusft" implementation
+from focusft.core import attention, sequence_parallel  # attention: registers "focusft"
 from focusft.training.config import FocusConfig
 from focusft.data.pipeline import Collator
 from focusft.training.faults import NonFiniteLossGuard, atomic_checkpoint
@@ -78,6 +78,37 @@ def make_fast_weights(model, cfg: FocusConfig) -> FastWeights:
 def attach_fast_weights(model, cfg: FocusConfig) -> tuple[FastWeights, BilevelStep]:
     fast = make_fast_weights(model, cfg)
     return fast, BilevelStep(model, fast, inner_config(cfg))
+
+
+def sequence_parallel_group(model, args: FocusConfig):
+    """This rank's sequence-parallel group for ``--sp_size`` > 1 (None for 1); the model's
+    attention heads must divide by it."""
+    if args.sp_size == 1:
+        return None
+    from focusft.errors import UserError
+
+    heads = getattr(model.config.get_text_config(), "num_attention_heads", None)
+    if heads is None or heads % args.sp_size:
+        raise UserError(f"--sp_size {args.sp_size}: the model has {heads} attention heads, which "
+                        f"{args.sp_size} does not divide; choose an sp size that divides {heads}")
+    from focusft.core import models
+
+    if models.aux_loss(model) is not None:
+        raise UserError(f"--sp_size {args.sp_size}: this model adds a router load-balancing loss, "
+                        "which sequence parallelism does not split yet; use --sp_size 1")
+    _ = args.device  # forms the process group under a launcher
+    return sequence_parallel.groups(args.sp_size)
+
+
+def same_batches_per_group(loader, sp_size: int) -> None:
+    """Make accelerate's batch sharding give every rank of an SP group (``sp_size`` consecutive
+    ranks) the same batches: shard over the groups, not over the ranks."""
+    shard = getattr(loader, "batch_sampler", None)
+    if shard is None or not hasattr(shard, "num_processes"):
+        raise RuntimeError("sequence parallelism needs accelerate's BatchSamplerShard to shard "
+                           "the training batches (an iterable dataset is not supported)")
+    shard.process_index //= sp_size
+    shard.num_processes //= sp_size
 
 
 def _pad_id(tokenizer) -> int:
@@ -160,7 +191,9 @@ class FocusTrainer(Trainer):
         eval_dataset = prepare_dataset(eval_dataset, processing_class, args, "eval_dataset")
         if data_collator is None:
             data_collator = Collator(pad_id=_pad_id(processing_class),
-                                     pack_to=args.max_length if args.packing else None)
+                                     pack_to=args.max_length if args.packing else None,
+                                     pad_to_multiple_of=args.sp_size if args.sp_size > 1 else None)
+        self.sp = sequence_parallel_group(model, args)
         self.fast = self.bilevel = None
         self._attached, self._restore_attention = 0, None
         # Fast weights first: a model that cannot host them fails before Trainer makes output_dir.
@@ -238,9 +271,17 @@ class FocusTrainer(Trainer):
         if self._signature_columns is None:
             self._signature_columns = list(COLUMNS)
 
+    def get_train_dataloader(self):
+        """The Trainer's; under sequence parallelism every rank of a group gets the same batches."""
+        loader = super().get_train_dataloader()
+        if self.sp is not None:
+            same_batches_per_group(loader, self.sp.size)
+        return loader
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         try:
-            loss = super().training_step(model, inputs, num_items_in_batch)
+            with sequence_parallel.active(self.sp):  # forward, and backward's recomputation
+                loss = super().training_step(model, inputs, num_items_in_batch)
         finally:
             if self.fast is not None:  # outside a step the model is the base model
                 self.fast.clear()
@@ -252,11 +293,16 @@ class FocusTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
+        whole, sp = inputs, (self.sp if model.training and sequence_parallel.current() else None)
+        if sp is not None:  # this rank's shard of the sequence; the layout is the whole batch's
+            inputs = sp.shard(whole)
+            if num_items_in_batch is not None:  # counted on every rank of the group
+                num_items_in_batch = num_items_in_batch / sp.size
         base = None
         if self.bilevel is not None and self._attached:
             if model.training and self._harm_probe_due and self.args.inner_objective == "context":
                 base = self._loss_without_fast_weights(model, inputs, layout)
-            self._prepare_inner(inputs, model.training)
+            self._prepare_inner(whole, model.training, sp)
         logits, kept, aux = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
         loss, n_tokens = logits_loss(logits, kept, num_items_in_batch, aux)
         if model.training:
@@ -304,14 +350,14 @@ class FocusTrainer(Trainer):
             self.fast.clear()
         self._focus_eval += torch.stack([loss.detach() * n_tokens, n_tokens.to(loss.dtype)])
 
-    def _prepare_inner(self, inputs: dict, training: bool) -> None:
+    def _prepare_inner(self, inputs: dict, training: bool, sp=None) -> None:
         if not training:  # evaluation measures the model that is saved: no fast weights
             self.fast.clear()
             return
         epoch = int(math.floor(self.state.epoch or 0))
         seeds = [sample_seed(self.args.seed, epoch, int(s)) for s in inputs["sample_ids"].tolist()]
         arm_inner(self.fast, self.bilevel, inputs, seeds, self.args.inner_objective,
-                  self.args.attention_kernel)
+                  self.args.attention_kernel, sp)
 
     def _loss_without_fast_weights(self, model, inputs, layout) -> torch.Tensor:
         """The outer loss of this micro-batch by the model alone (no grad, RNG untouched)."""

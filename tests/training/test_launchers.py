@@ -46,23 +46,29 @@ def test_accelerate_launch_cpu_with_two_processes_is_refused(tmp_path):
     assert not out.exists()
 
 
-def test_sequence_parallelism_is_refused_with_what_works():
-    """--sp_size N > 1 (and accelerate's sp_size / GLM under cp_size) stop before any work."""
+def test_sequence_parallel_settings_that_cannot_work_are_refused():
+    """accelerate's own sp_size, GLM under cp_size, --sp_size with packing or without a
+    launcher: each stops before any work, saying what works."""
     from types import SimpleNamespace
 
     from focusft.training.config import parse_config
     from focusft.core.distributed import parallelism_problem
     from focusft.errors import UserError
 
-    with pytest.raises(UserError, match=r"--sp_size 2: sequence parallelism .* not supported"):
-        parse_config(["--sp_size", "2", "--output_dir", "unused"])
+    assert parse_config(["--sp_size", "2", "--output_dir", "unused"]).sp_size == 2
+    with pytest.raises(UserError, match="--sp_size 2 with --packing true is not supported"):
+        parse_config(["--sp_size", "2", "--packing", "true", "--output_dir", "unused"])
+    from focusft.core.sequence_parallel import groups
+
+    with pytest.raises(UserError, match="needs 2 or more processes started by a launcher"):
+        groups(2)
     with pytest.raises(UserError, match="--sp_size must be"):
         parse_config(["--sp_size", "0", "--output_dir", "unused"])
     assert parse_config(["--sp_size", "1", "--output_dir", "unused"]).sp_size == 1
     cfg = SimpleNamespace(parallelism_config=None, attention="glm")
     assert parallelism_problem(cfg, env={}) is None
     message = parallelism_problem(cfg, env={"PARALLELISM_CONFIG_SP_SIZE": "4"})
-    assert "sp_size 4" in message and "fsdp.yaml" in message
+    assert "sp_size 4" in message and "--sp_size N to focusft train" in message
     assert "causal" in parallelism_problem(cfg, env={"PARALLELISM_CONFIG_CP_SIZE": "2"})
     cfg.attention = "causal"
     assert parallelism_problem(cfg, env={"PARALLELISM_CONFIG_CP_SIZE": "2"}) is None
