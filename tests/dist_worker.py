@@ -110,7 +110,9 @@ def one_step(a, empty: int | None) -> None:
             return batch
 
     trainer = FocusTrainer(model, cfg, train_dataset=train_set,
-                           data_collator=SeeIds(pad_id=tok.pad_token_id), processing_class=tok,
+                           data_collator=SeeIds(pad_id=tok.pad_token_id,
+                                                pad_to_multiple_of=cfg.sp_size if cfg.sp_size > 1 else None),
+                           processing_class=tok,
                            callbacks=[Capture()])
     out = trainer.train()
     weights = full_tensors(trainer, grads=False)

@@ -87,3 +87,18 @@ def test_zero_two_ranks_equal_one_process_and_resume(setup, tmp_path, stage):
     resumed = safetensors_of(b / "final")
     for name, tensor in final.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.slow
+def test_zero2_with_sequence_parallelism_equals_one_process(setup, tmp_path):
+    """ZeRO-2 + --sp_size 2: both ranks hold the same 2 samples and run half of each sequence;
+    every step equals the 1-process reference (no doubled gradients: each rank's loss is its
+    shard's partial sum, and DeepSpeed's average over the 2 ranks times 2 adds them up)."""
+    model, data, ref = setup
+    out = tmp_path / "sp"
+    run(accelerate_launch("deepspeed_zero2", *cli(model, data, out, "--sp_size", "2",
+                                                  "--per_device_train_batch_size", "2")))
+    assert_same_logs(log_history(out / "checkpoint-4"), log_history(ref / "checkpoint-4"), [1, 2, 3, 4])
+    final, reference = safetensors_of(out / "final"), safetensors_of(ref / "final")
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-4, atol=1e-6, msg=name)

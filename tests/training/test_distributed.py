@@ -27,12 +27,12 @@ def model_dir(tmp_path_factory) -> Path:
     return path
 
 
-def worker(out: Path, model: Path, *flags: str, ranks: int = 1) -> None:
+def worker(out: Path, model: Path, *flags: str, ranks: int = 1, extra: tuple = ()) -> None:
     cmd = [str(HERE / "dist_worker.py"), str(out), "--model", str(model), *flags]
     if ranks == 1:
         run([sys.executable, *cmd])
     else:
-        run(torchrun(*cmd, "--extra", "--use_cpu", "true"))
+        run(torchrun(*cmd, "--extra", "--use_cpu", "true", *extra))
 
 
 def results(out: Path, tag: str) -> list[dict]:
@@ -42,12 +42,14 @@ def results(out: Path, tag: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def ddp_runs(model_dir, tmp_path_factory) -> Path:
-    """Three launches shared by the DDP tests: 1 rank x batch 2 and 2 ranks x 1 sample (each
-    with and without a sample that has no loss token), 1 rank x 1 sample x 2 accumulation steps."""
+    """Four launches shared by the DDP tests: 1 rank x batch 2 and 2 ranks x 1 sample (each
+    with and without a sample that has no loss token), 1 rank x 1 sample x 2 accumulation steps,
+    and batch 2 with each sequence split over 2 ranks (--sp_size 2)."""
     out = tmp_path_factory.mktemp("ddp")
     worker(out / "one", model_dir, "--batch", "2", "--empty", "none", "1")
     worker(out / "acc", model_dir, "--batch", "1", "--accum", "2")
     worker(out / "ddp", model_dir, "--batch", "1", "--empty", "none", "1", ranks=2)
+    worker(out / "sp", model_dir, "--batch", "2", ranks=2, extra=("--sp_size", "2"))
     return out
 
 
@@ -123,6 +125,17 @@ def test_ddp_two_ranks_equal_one_rank_batch_and_accumulation(ddp_runs):
     for name in ddp[0]["weights"]:  # every rank holds the same model after the step
         assert torch.equal(ddp[0]["weights"][name], ddp[1]["weights"][name]), name
     assert ddp[0]["loss"] == pytest.approx(one["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_sequence_parallel_trainer_step_equals_one_process(ddp_runs):
+    """FocusTrainer with --sp_size 2 on 2 ranks (both hold batch 2, each runs half of every
+    sequence) == 1 rank x batch 2: gradients as the optimizer sees them, weights after the step."""
+    (one,), sp = results(ddp_runs / "one", "full"), results(ddp_runs / "sp", "full")
+    assert [r["sample_ids"] for r in sp] == [[0, 1], [0, 1]]  # the group shares its batches
+    for r in sp:
+        assert_close(r["grads"], one["grads"], "grads, sequence parallel")
+        assert_close(r["weights"], one["weights"], "weights, sequence parallel")
 
 
 @pytest.mark.slow
