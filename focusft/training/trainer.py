@@ -365,14 +365,21 @@ class FocusTrainer(Trainer):
         self.fast.clear()
         device = inputs["input_ids"].device
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            loss, _ = outer_loss(model, inputs, layout, None)
-        return loss.detach()
+            loss, n_tokens = outer_loss(model, inputs, layout, None)
+        return self._whole_mean(loss.detach() * n_tokens, n_tokens)
+
+    def _whole_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """total / count of this micro-batch; under sequence parallelism, both summed over the
+        group first (a shard holds part of each sequence's tokens)."""
+        if self.sp is not None and sequence_parallel.current() is not None:
+            total, count = self.sp.all_reduce(torch.stack([total, count.to(total.dtype)]))
+        return total / count.clamp(min=1)
 
     def _record(self, inputs, loss, n_tokens, num_items, base=None) -> None:
         self.meter.tokens += int(inputs["attention_mask"].sum())
         own = None
         if num_items is not None:  # this micro-batch's own token mean, for the leak check
-            own = loss.detach() * num_items / n_tokens.clamp(min=1)
+            own = self._whole_mean(loss.detach() * num_items, n_tokens)
             self.meter.add("outer_loss", own)
         if base is not None and own is not None:  # the context objective's harm probe
             self.meter.add("outer_loss_no_fast", base)

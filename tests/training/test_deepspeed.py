@@ -94,10 +94,13 @@ def test_zero2_with_sequence_parallelism_equals_one_process(setup, tmp_path):
     """ZeRO-2 + --sp_size 2: both ranks hold the same 2 samples and run half of each sequence;
     every step equals the 1-process reference (no doubled gradients: each rank's loss is its
     shard's partial sum, and DeepSpeed's average over the 2 ranks times 2 adds them up)."""
-    model, data, ref = setup
-    out = tmp_path / "sp"
-    run(accelerate_launch("deepspeed_zero2", *cli(model, data, out, "--sp_size", "2",
-                                                  "--per_device_train_batch_size", "2")))
+    import sys
+
+    model, data, _ = setup
+    out, ref = tmp_path / "sp", tmp_path / "ref"
+    batch2 = ("--per_device_train_batch_size", "2")  # the micro-batch statistics need the same split
+    run([sys.executable, *cli(model, data, ref, *batch2)])
+    run(accelerate_launch("deepspeed_zero2", *cli(model, data, out, "--sp_size", "2", *batch2)))
     assert_same_logs(log_history(out / "checkpoint-4"), log_history(ref / "checkpoint-4"), [1, 2, 3, 4])
     final, reference = safetensors_of(out / "final"), safetensors_of(ref / "final")
     for name, tensor in reference.items():
