@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--eval_samples", type=int, default=None,
                    help="BABILong samples per task and length (the preset's otherwise)")
     p.add_argument("--no_sweep", action="store_true", help="--task long: skip the K / inner-lr sweep; "
-                   "--task real: skip the selection (the paper's K=2, inner lr 1.0)")
+                   "--task real: skip the selection (the first point of the preset's grid: K 2, inner lr 0.1)")
     p.add_argument("--out", default=None, help="working directory (default runs/experiment; --task long / real: runs/experiment-long / -real)")
     p.add_argument("--report", default=None, help="markdown report (default docs/results.md; --task long / real: docs/results-long.md / -real.md)")
     p.set_defaults(func=run)

@@ -117,7 +117,7 @@ def run_real(cfg: ExperimentConfig, command: str, log=print) -> dict:
     cfg = replace(cfg, base=base)
     _, tokenizer = load_checkpoint(base)
     data, probe, longest = real.write_data(cfg, tokenizer)
-    default = {"chosen": [2, 1.0], "points": {}}  # the paper's K and inner lr
+    default = {"chosen": list(cfg.select_grid[0]), "points": {}}  # no selection: the grid's first
     selection = (real.select_inner(cfg, data, probe, longest + 8, log) if cfg.select
                  else {"response": default, "context": default})
     runs = train_all(cfg, data, probe, longest + 8, log, real.main_methods(selection))

@@ -138,14 +138,16 @@ LONG_PRESETS = {
 REAL_PRESETS = {
     "full": dict(base=None, seeds=[0], real_train_samples=8, steps=24, batch_size=4,
                  learning_rate=5e-5, warmup_steps=3, diagnostics_steps=8, eval_samples=2,
-                 validation_samples=2, select_grid=[[1, 0.1], [2, 0.03], [2, 0.1], [2, 1.0]],
+                 validation_samples=2, select_grid=[[2, 0.1], [1, 0.1], [2, 0.03], [2, 1.0]],
                  select_steps=4),
+    # a smoke test of the whole pipeline in <= 10 minutes: no selection (K 2, inner lr 0.1, the
+    # full run's choice for the response objective), one sample per held-out cell
     "quick": dict(base=None, seeds=[0], real_train_lengths=[0, 256], real_train_samples=2,
                   agentic_train_lengths=[], agentic_tasks=["lookup"], tasks=["qa1", "qa2"],
                   steps=4, batch_size=2, learning_rate=2e-5, warmup_steps=1, diagnostics_steps=2,
-                  real_eval_lengths=[1024], real_eval_tasks=["qa1", "qa2"], eval_samples=2, validation_samples=2,
-                  attention_length=1024, select_grid=[[2, 0.1], [2, 1.0]], select_steps=2,
-                  leakage_samples=2),
+                  real_eval_lengths=[1024], real_eval_tasks=["qa1", "qa2"], eval_samples=1,
+                  validation_samples=2, attention_length=1024, select=False,
+                  select_grid=[[2, 0.1]], leakage_samples=2),
     "smoke": dict(seeds=[0], real_train_lengths=[0], real_train_samples=1, agentic_tasks=[],
                   tasks=["qa1"], steps=1, batch_size=1, warmup_steps=0, diagnostics_steps=1,
                   real_eval_lengths=[256], real_eval_tasks=["qa1"], eval_samples=1, validation_samples=1,

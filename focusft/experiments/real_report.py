@@ -83,6 +83,10 @@ def _mean(values: list[float]) -> float:
 
 # --------------------------------------------------------------------------- tables
 def selection_table(selection: dict) -> list[str]:
+    if not any(sel["points"] for sel in selection.values()):
+        return ["Not selected in this run: " + "; ".join(
+            f"{objective} at K {sel['chosen'][0]}, inner lr {sel['chosen'][1]:g}"
+            for objective, sel in selection.items()) + " (the first point of the grid)."]
     lines = ["| inner objective | K | inner lr | validation loss (saved model) | train loss | "
              "inner harm (last logged) | wall-clock s | chosen |", "|---|---|---|---|---|---|---|---|"]
     for objective, sel in selection.items():
