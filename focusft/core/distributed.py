@@ -97,6 +97,17 @@ def launch_problem(world_size: int, use_cpu: bool, env=os.environ) -> str | None
     return None
 
 
+def sequence_parallel_problem(sp_size: int, env=os.environ) -> str | None:
+    """A message when ``--sp_size`` cannot form groups of the processes the launcher started."""
+    launched = launched_processes(env)
+    if sp_size > 1 and launched % sp_size:
+        return (f"--sp_size {sp_size} splits each sequence over {sp_size} processes, but "
+                f"{launched} process{'es were' if launched > 1 else ' was'} started; launch a "
+                f"multiple of {sp_size}, e.g. torchrun --nproc_per_node {sp_size} -m focusft.cli "
+                "train ... --sp_size " + str(sp_size))
+    return None
+
+
 def sequence_parallel_refusal(what: str) -> str:
     """Why `what` (a launcher setting asking for accelerate's own sequence parallelism) is refused."""
     return (f"{what}: accelerate's sequence parallelism replaces the attention and the loss with "

@@ -36,7 +36,8 @@ from focusft.training import adapters
 from focusft.training.config import FocusConfig
 from focusft.data.pipeline import Collator, load_rows, tokenize_rows
 from focusft.errors import UserError
-from focusft.core.distributed import adopt_slurm, launch_problem, parallelism_problem
+from focusft.core.distributed import (adopt_slurm, launch_problem, parallelism_problem,
+                                      sequence_parallel_problem)
 from focusft.core.zero import check_engine, gathered, prepare_deepspeed
 from focusft.training.faults import GracefulStop, TrainingInterrupted, checkpoint_of
 from focusft.training.loading import load_model_and_tokenizer
@@ -183,7 +184,7 @@ def train(cfg: FocusConfig) -> dict:
     prepare_deepspeed(cfg)
     if (problem := launch_problem(cfg.world_size, cfg.use_cpu)):  # N processes, N lone copies
         raise UserError(problem)
-    if (problem := parallelism_problem(cfg)):
+    if (problem := parallelism_problem(cfg) or sequence_parallel_problem(cfg.sp_size)):
         raise UserError(problem)
     check_engine(cfg)
     resume_target(cfg)  # a bad --resume_from_checkpoint fails before any work

@@ -62,6 +62,12 @@ def test_sequence_parallel_settings_that_cannot_work_are_refused():
 
     with pytest.raises(UserError, match="needs 2 or more processes started by a launcher"):
         groups(2)
+    from focusft.core.distributed import sequence_parallel_problem
+
+    assert "but 1 process was started" in sequence_parallel_problem(2, env={})
+    assert "but 3 processes were started" in sequence_parallel_problem(2, env={"WORLD_SIZE": "3"})
+    assert sequence_parallel_problem(2, env={"WORLD_SIZE": "4"}) is None
+    assert sequence_parallel_problem(1, env={}) is None
     with pytest.raises(UserError, match="--sp_size must be"):
         parse_config(["--sp_size", "0", "--output_dir", "unused"])
     assert parse_config(["--sp_size", "1", "--output_dir", "unused"]).sp_size == 1
