@@ -81,6 +81,12 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def _home(path: str) -> str:
+    """A path under the home directory written as ~/... (reports name no user's home)."""
+    home = str(Path.home())
+    return "~" + path[len(home):] if path.startswith(home + "/") else path
+
+
 # --------------------------------------------------------------------------- tables
 def selection_table(selection: dict) -> list[str]:
     if not any(sel["points"] for sel in selection.values()):
@@ -216,7 +222,7 @@ def write_markdown(summary: dict, path: Path) -> None:
               f"- compute: {summary['cumulative_seconds']:.0f} s of training, selection and "
               f"evaluation over all invocations; this invocation {summary['total_seconds']:.0f} s "
               "wall-clock (2 CPU cores)",
-              f"- base: `{summary['base']}`" + (f" = {source.get('model')} from the package "
+              f"- base: `{_home(summary['base'])}`" + (f" = {source.get('model') or source.get('name')} from the package "
                                                f"`{source.get('package')}=={source.get('version')}` "
                                                f"({source.get('license')})" if source else ""),
               f"- training data: BABILong-style {', '.join(cfg['tasks'])} with one-sentence "
