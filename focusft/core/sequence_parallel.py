@@ -45,7 +45,7 @@ SEQUENCE_KEYS = ("input_ids", "attention_mask", "loss_mask", "labels", "position
 
 @dataclass(frozen=True)
 class SequenceParallel:
-    """This rank's place in its SP group: ranks [first, first + size) of the world."""
+    """This rank's place in its SP group (`size` consecutive ranks of the world)."""
 
     size: int
     rank: int  # rank within the group
@@ -127,7 +127,6 @@ class SequenceParallel:
         send = out.reshape(b, n, full // n, h, d).transpose(0, 1).contiguous()  # (n, B, s, h, D)
         got = self._exchange(send)  # (n, B, s, h, D)
         return got.permute(1, 2, 0, 3, 4).reshape(b, full // n, n * h, d)
-
 
     def _exchange(self, send: torch.Tensor) -> torch.Tensor:
         """Chunk j of dim 0 to rank j; chunk j of the result from rank j (differentiable)."""

@@ -94,7 +94,7 @@ class InnerJob:
     targets: Targets
     layout: AttentionLayout | None = None  # None: the outer layout; else e.g. causal for context
     token_samples: torch.Tensor | None = None  # (B, S) sample of each token, -1 = pad (aux loss)
-    reduce: object = None  # sequence parallelism: sums inner losses and gradients over the group
+    group: object = None  # a SequenceParallel: inner losses and gradients summed over it
 
 
 class BilevelStep:
@@ -148,7 +148,7 @@ class BilevelStep:
                 hidden, bottom_router = self._bottom(self._embeds, kwargs)
                 self._embeds = None
             self.stats = inner_loop(lambda: self._top_losses(hidden, kwargs, job, bottom_router),
-                                    self.fast, self.cfg, job.reduce)
+                                    self.fast, self.cfg, job.group)
         return None
 
     def _bottom(self, embeds: torch.Tensor, kwargs: dict):
@@ -263,5 +263,5 @@ def arm_inner(fast: FastWeights, bilevel: BilevelStep, batch: dict, seeds: list[
     job.token_samples = token_samples(batch)
     if sp is not None and sp.size > 1:
         job.targets = sp.local_targets(job.targets, batch["input_ids"].shape[1])
-        job.reduce = sp
+        job.group = sp
     bilevel.arm(job)

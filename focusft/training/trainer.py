@@ -293,7 +293,7 @@ class FocusTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         layout = batch_layout(inputs, self.args.attention, self.args.attention_kernel)
-        whole, sp = inputs, (self.sp if model.training and sequence_parallel.current() else None)
+        whole, sp = inputs, sequence_parallel.current()  # set by training_step only
         if sp is not None:  # this rank's shard of the sequence; the layout is the whole batch's
             inputs = sp.shard(whole)
             if num_items_in_batch is not None:  # counted on every rank of the group
@@ -371,8 +371,8 @@ class FocusTrainer(Trainer):
     def _whole_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         """total / count of this micro-batch; under sequence parallelism, both summed over the
         group first (a shard holds part of each sequence's tokens)."""
-        if self.sp is not None and sequence_parallel.current() is not None:
-            total, count = self.sp.all_reduce(torch.stack([total, count.to(total.dtype)]))
+        if (sp := sequence_parallel.current()) is not None:
+            total, count = sp.all_reduce(torch.stack([total, count.to(total.dtype)]))
         return total / count.clamp(min=1)
 
     def _record(self, inputs, loss, n_tokens, num_items, base=None) -> None:
