@@ -10,7 +10,8 @@ configs/accelerate/deepspeed_zero{2,3}.yaml``). Three things are focusft's own:
   parameter (the tensors are empty placeholders) until the engine's hooks gather them in its
   forward. Code that runs the model *outside* the engine (the self-check before training)
   gathers the parameters it needs for the duration; a no-op for any other model.
-* `check_engine`: what focusft refuses under DeepSpeed (merging an adapter into a ZeRO-3 model,
+* `check_engine`: what focusft refuses under an engine (--sp_size under FSDP or ZeRO-3, not
+  verified exact; merging an adapter into a ZeRO-3 model,
   which holds no full weights on any rank).
 
 The inner loop needs nothing more. It calls the top layers again from inside the outer forward
@@ -86,9 +87,15 @@ def zero3_enabled() -> bool:
     return is_deepspeed_zero3_enabled()
 
 
-def check_engine(cfg) -> None:
-    """Refuse, before any work, what cannot be done under the configured DeepSpeed engine."""
+def check_engine(cfg, env=os.environ) -> None:
+    """Refuse, before any work, what cannot be done under the configured engine."""
     from focusft.errors import UserError
+
+    fsdp = bool(getattr(cfg, "fsdp", None)) or env.get("ACCELERATE_USE_FSDP", "").lower() in ("true", "1")
+    if getattr(cfg, "sp_size", 1) > 1 and (fsdp or zero3_enabled()):
+        raise UserError(f"--sp_size {cfg.sp_size} under {'FSDP' if fsdp else 'DeepSpeed ZeRO-3'}: "
+                        "sequence parallelism is verified exact with DDP and ZeRO-2 only; use one "
+                        "of those (e.g. configs/accelerate/deepspeed_zero2.yaml) or --sp_size 1.")
 
     if cfg.merge_adapter and cfg.use_peft and zero3_enabled():
         raise UserError("--merge_adapter true under DeepSpeed ZeRO-3: no rank holds the full base "

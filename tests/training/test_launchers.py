@@ -68,6 +68,12 @@ def test_sequence_parallel_settings_that_cannot_work_are_refused():
     assert "but 3 processes were started" in sequence_parallel_problem(2, env={"WORLD_SIZE": "3"})
     assert sequence_parallel_problem(2, env={"WORLD_SIZE": "4"}) is None
     assert sequence_parallel_problem(1, env={}) is None
+    from focusft.core.zero import check_engine
+
+    sp_cfg = SimpleNamespace(sp_size=2, fsdp=None, merge_adapter=False, use_peft=False)
+    with pytest.raises(UserError, match="--sp_size 2 under FSDP: .* DDP and ZeRO-2 only"):
+        check_engine(sp_cfg, env={"ACCELERATE_USE_FSDP": "true"})
+    check_engine(sp_cfg, env={})  # DDP: fine
     with pytest.raises(UserError, match="--sp_size must be"):
         parse_config(["--sp_size", "0", "--output_dir", "unused"])
     assert parse_config(["--sp_size", "1", "--output_dir", "unused"]).sp_size == 1
