@@ -79,6 +79,7 @@ def main() -> int:
         result = sharded_step(mode, ckpt, mine, cfg, world)
         torch.save({**result, "want": want},
                    os.path.join(out, f"rank{rank}-{'ckpt' if ckpt else 'plain'}.pt"))
+    dist.barrier()  # no rank tears gloo down while the other still talks to it
     dist.destroy_process_group()
     return 0
 
