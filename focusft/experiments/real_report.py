@@ -7,12 +7,15 @@ loss, the harm ratio and the leakage probe show about why.
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 from focusft.experiments.long import reading, verdict
 from focusft.experiments.plan import BASE
 from focusft.experiments.report import (_pyplot, accuracy_table, cost_table, diagnostics_by_method,
                                         diagnostics_table, plot_accuracy, plot_diagnostics)
+from focusft.experiments.tally import wilson
 
 GOAL = [
     "Stated before the run, checked below against the numbers:",
@@ -176,11 +179,103 @@ def verdict_lines(met: dict) -> list[str]:
     if all(met.values()):
         return ["**Verdict: the goal is met on all three counts.**"]
     missed = [k for k, v in met.items() if not v]
-    return [f"**Verdict: the goal is not met** ({', '.join(missed)} not met). What the run shows "
-            "about why is in the inner-loop table (does the outer loss with the adapted fast "
-            "weights sit far above or below the inner losses?), the selection table (which inner "
-            "settings hurt) and the leakage probe (does a response-objective inner loop learn a "
-            "wrong answer it is shown?)."]
+    return [f"**Verdict: the goal is not met** ({', '.join(missed)} not met). What the numbers "
+            "say about why:"]
+
+
+def smallest_separable_gap(n: int) -> float | None:
+    """The smallest score gap (points) that non-overlapping Wilson intervals can show at n
+    samples per cell: k/n against 0/n for the least k whose interval clears 0/n's.
+
+    >>> smallest_separable_gap(6)
+    83.3
+    >>> smallest_separable_gap(40)
+    20.0
+    >>> smallest_separable_gap(2) is None  # 2/2 and 0/2 overlap
+    True
+    """
+    zero_top = wilson(0, n)[1]
+    k = next((k for k in range(1, n + 1) if wilson(k, n)[0] > zero_top), None)
+    return None if k is None else round(100 * k / n, 1)
+
+
+def _cell_size(table: dict) -> int | None:
+    sizes = [total for row in table.values() for _, total in row["counts"].values()]
+    return min(sizes) if sizes else None
+
+
+def _fast_weight_effect(summary: dict, method: str) -> str | None:
+    """How far the inner loop moved its own loss, and what the adapted fast weights did to the
+    outer loss (inner harm), in the last logged window; with what that pattern means."""
+    hist = [h for key, run in summary["runs"].items() if key.split("|")[0] == method
+            for h in run.get("history", []) if "inner_loss_1" in h]
+    if not hist:
+        return None
+    last = hist[-1]
+    ks = sorted(int(k.rsplit("_", 1)[1]) for k in last if k.startswith("inner_loss_"))
+    first, final = last["inner_loss_1"], last[f"inner_loss_{ks[-1]}"]
+    drop, harm = (first - final) / max(first, 1e-12), last.get("inner_harm")
+    text = (f"inner loss {first:.2f} -> {final:.2f} over its {ks[-1]} inner step(s) "
+            f"({100 * drop:.0f}% lower)" + (f", inner harm {harm:.2f}" if harm is not None else ""))
+    if harm is not None and abs(harm - 1) < 0.02 and drop < 0.02:
+        text += " (the fast weights barely change the model: this run is SFT-GLM in effect)"
+    elif harm is not None and harm < 0.8:
+        text += (" (the adapted fast weights make the outer loss lower than the model's own: "
+                 "they carry part of the answer, so the slow weights that are saved get less of its gradient)")
+    elif harm is not None and harm > 1.5:
+        text += " (the adapted fast weights make the outer loss worse: the inner lr overshoots)"
+    return text
+
+
+def _attention_gap(final: dict, method: str, ref: str = "sft-glm") -> tuple[float, float] | None:
+    a, b = final.get(method, {}).get("glm"), final.get(ref, {}).get("glm")
+    if not a or not b:
+        return None
+    return (abs(_mean(a["sink_first"]) - _mean(b["sink_first"])),
+            abs(_mean(a["context"]) - _mean(b["context"])))
+
+
+def why_lines(summary: dict) -> list[str]:
+    """Readings that explain the verdict, each computed from the summary: what the sample size
+    can separate, what the causal -> GLM mask alone does to the sink, how much each FocuSFT
+    inner loop changed the model, and what the leakage probe shows."""
+    lines = []
+    n = _cell_size(summary["accuracy"].get("babilong", {}))
+    if n:
+        gap = smallest_separable_gap(n)
+        lines.append(f"- sample size: {n} held-out rows per (method, length) cell; at that size "
+                     + ("no score gap gives Wilson intervals that do not overlap, so goal 1 "
+                        "cannot be met." if gap is None else
+                        f"only a gap of >= {gap:g} points gives Wilson intervals that do not "
+                        "overlap (against a score of 0), so goal 1 asks for a large win."))
+    final = summary["attention"].get("trained", {})
+    base = final.get(BASE, {})
+    if base.get("glm") and base.get("causal"):
+        causal, glm = _mean(base["causal"]["sink_first"]), _mean(base["glm"]["sink_first"])
+        lines.append(f"- the mask alone: on the untouched base the mean sink mass of response "
+                     f"queries is {causal:.4f} under the causal mask and {glm:.4f} under the GLM "
+                     "mask, before any training; goal 2 compares against SFT-GLM under the GLM "
+                     "mask, where little sink is left to halve.")
+    leak = summary.get("leakage", {})
+    for method in FOCUS:
+        effect, gaps = _fast_weight_effect(summary, method), _attention_gap(final, method)
+        if effect is None:
+            continue
+        text = f"- {method}: {effect}"
+        if gaps:
+            text += (f"; its final attention differs from SFT-GLM's by {gaps[0]:.1e} in mean "
+                     f"sink mass and {gaps[1]:.1e} in mean engagement")
+        lines.append(text + ".")
+    for objective in ("response", "context"):
+        drops = {name: r["before"] - r["after"] for name, by in leak.items()
+                 for obj, r in by.items() if obj == objective}
+        if drops:
+            lines.append(f"- leakage, {objective} objective: K inner steps lower a wrong "
+                         f"answer's NLL by {min(drops.values()):+.3f} to {max(drops.values()):+.3f} "
+                         "across the checkpoints" + (" (the fast weights learn whatever answer "
+                                                     "the row shows)" if objective == "response"
+                                                     and min(drops.values()) > 0.05 else "") + ".")
+    return lines
 
 
 # --------------------------------------------------------------------------- the page
@@ -241,10 +336,11 @@ def write_markdown(summary: dict, path: Path) -> None:
               + f", greedy, inference masks {cfg['inference_masks']}, at {lengths} tokens, "
               f"{cfg['eval_samples']} samples per task and length", "",
               "## The inner loop, chosen on validation data", "",
-              f"Short FocuSFT runs ({cfg['select_steps']} steps, seed {cfg['seeds'][0]}) per "
-              "(K, inner lr); the validation loss is the saved model's (no fast weights) on "
-              "validation rows at the longest trained length. The main runs use the chosen point "
-              "of each objective.", "", *selection_table(summary["selection"]), ""]
+              *([f"Short FocuSFT runs ({cfg['select_steps']} steps, seed {cfg['seeds'][0]}) per "
+                 "(K, inner lr); the validation loss is the saved model's (no fast weights) on "
+                 "validation rows at the longest trained length. The main runs use the chosen "
+                 "point of each objective.", ""] if cfg.get("select", True) else []),
+              *selection_table(summary["selection"]), ""]
     for suite, table in summary["accuracy"].items():
         lines += [f"## {suite}, held out, by context length", "",
                   "Score (%) pooled over seeds and samples, 95% Wilson interval; last column: "
@@ -269,7 +365,38 @@ def write_markdown(summary: dict, path: Path) -> None:
               f"{cfg['seeds'][0]} checkpoints).", "", *leakage_table(summary["leakage"]), "",
               "## Cost", "", *cost_table(summary), "",
               "## The goal, checked", "", *checks, "", *verdict_lines(met), "",
+              *([] if all(met.values()) else why_lines(summary)), "",
               "## Reading (computed from the tables above)", "", *reading(summary, "real_eval_lengths"), ""]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines))
     tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- from the .json
+def _key(key: str):
+    """A JSON object key as the summary had it: lengths and seeds are ints, the base's seed None."""
+    return int(key) if key.lstrip("-").isdigit() else None if key == "null" else key
+
+
+def read_summary(path: Path) -> dict:
+    """The summary as the experiment held it, from the report's .json (JSON made every key a
+    string; lengths and seeds are turned back into ints)."""
+    return json.loads(Path(path).read_text(), object_hook=lambda d: {_key(k): v for k, v in d.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m focusft.experiments.real_report docs/results-real.json``: the page (and its
+    plots) written again from the numbers beside it, after a change to this module."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].endswith(".json") or not Path(args[0]).is_file():
+        print("usage: python -m focusft.experiments.real_report REPORT.json (the .json that "
+              "`focusft experiment --task real` wrote beside its report)", file=sys.stderr)
+        return 2
+    path = Path(args[0])
+    write_markdown(read_summary(path), path.with_suffix(".md"))
+    print(path.with_suffix(".md"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -125,12 +125,28 @@ def load_adapter_model(path: str, cfg, **load_kwargs):
     """An adapter directory, loaded trainable on its base (quantized as the flags ask)."""
     require("peft", f"--model {path} (a PEFT adapter directory)")
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_of_adapter(path), **load_kwargs)
+    base = _load_base(path, load_kwargs)
     if getattr(base, "is_loaded_in_8bit", False) or getattr(base, "is_loaded_in_4bit", False):
         base = _prepare_kbit(base, cfg)
     return PeftModel.from_pretrained(base, path, is_trainable=True)
+
+
+def _load_base(path: str, load_kwargs: dict):
+    """The adapter's base model. A base that is a GGUF file (an adapter trained on ``--model
+    FILE.gguf`` names the file's folder) is read through the GGUF loader, dequantized, as it
+    was for the run that trained the adapter."""
+    from transformers import AutoModelForCausalLM
+
+    from focusft.sources import gguf_file
+
+    base, flag = base_of_adapter(path), f"--model {path}: its base"
+    if (file := gguf_file.find(base, flag)) is None:
+        return AutoModelForCausalLM.from_pretrained(base, **load_kwargs)
+    if "quantization_config" in load_kwargs:  # the same refusal as for a GGUF --model
+        raise UserError(f"--model {path}: its base is the GGUF file {file}, which "
+                        "--load_in_4bit / --load_in_8bit cannot re-quantize; drop the flag")
+    return gguf_file.load(file, load_kwargs.get("dtype", "float32"), flag)[0]
 
 
 def wrap(model, peft_config, cfg):

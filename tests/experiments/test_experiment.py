@@ -158,6 +158,15 @@ def test_real_task_smoke_selects_trains_evaluates_and_resumes(tmp_path):
     assert summary["runs"]["focusft|0"]["history"]  # the inner losses per logging step
     text = report.read_text()
     assert "## The goal" in text and "Verdict" in text and "smoke" in text
+    # at 1 row per cell no gap separates two Wilson intervals: the goal cannot be met, and the
+    # readings that explain a verdict, computed from the numbers, follow it
+    assert "**Verdict: the goal is not met**" in text
+    assert "- sample size: 1 held-out rows per (method, length) cell; at that size no score gap" in text
+    assert "- the mask alone: on the untouched base" in text and "- focusft: inner loss" in text
+    # the page again from its .json alone: the same page
+    from focusft.experiments import real_report
+    report.unlink()
+    assert real_report.main([str(report.with_suffix(".json"))]) == 0 and report.read_text() == text
     # a rerun reuses every finished run and evaluation: nothing is retrained
     stamp = (out / "runs" / "focusft-seed0" / "result.json").stat().st_mtime_ns
     assert main(args) == 0

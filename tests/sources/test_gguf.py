@@ -96,6 +96,24 @@ def test_train_a_gguf_file_saves_a_plain_safetensors_model(tiny, rows, tmp_path,
     assert "dequantized" in (final / "README.md").read_text()
 
 
+def test_an_adapter_trained_on_a_gguf_file_continues_training(tiny, rows, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "lora", tmp_path / "lora2"
+    flags = ["--data", str(rows), "--max_steps", "2", "--fast_rank", "2", "--max_length", "96",
+             "--disable_tqdm", "true", "--warmup_steps", "0"]
+    assert main(["train", "--model", str(tiny), "--output_dir", str(first), "--use_peft", "true",
+                 *flags]) == 0, capsys.readouterr().err
+    config = json.loads((first / "final" / "adapter_config.json").read_text())
+    assert gguf_file.find(config["base_model_name_or_path"]) == tiny  # the adapter names its base
+    assert main(["train", "--model", str(first / "final"), "--output_dir", str(second),
+                 *flags]) == 0, capsys.readouterr().err
+    before = load_file(str(first / "final" / "adapter_model.safetensors"))
+    after = load_file(str(second / "final" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the same adapter trained on
+
+
 def test_trainer_api_accepts_a_gguf_path(tiny, tmp_path):
     from focusft import FocusConfig, FocusTrainer
 
