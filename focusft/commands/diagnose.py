@@ -129,13 +129,15 @@ def _load(path: str, args):
 
     from focusft.sources.model_dir import check_model_dir, check_vocab_fits, load_tokenizer
 
-    from focusft.sources import gguf_file
+    from focusft.sources import adapter_dir, gguf_file
 
     check_model_dir(path, "--model")
     if (file := gguf_file.find(path, "--model")) is not None:
         model, tokenizer, _ = gguf_file.load(file, args.dtype, "--model")
         return _placed(model, tokenizer, path, args)
     tokenizer = load_tokenizer(path, "--model")
+    if adapter_dir.is_adapter_dir(path):  # a --use_peft run's final/: measured merged
+        return _placed(adapter_dir.load_merged(path, args.dtype), tokenizer, path, args)
     try:  # safetensors only: a pickled checkpoint is refused above and never read here
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
                                                      use_safetensors=True, dtype=getattr(torch, args.dtype))

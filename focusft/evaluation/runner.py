@@ -56,18 +56,22 @@ class EvalSpec:
 
 
 def load_checkpoint(path: str, trust_remote_code: bool = False, need_template: bool = True):
-    """A saved causal LM and its tokenizer (safetensors only; remote code only if asked)."""
+    """A saved causal LM and its tokenizer (safetensors only; remote code only if asked); a GGUF
+    file, dequantized; a PEFT adapter directory, merged into its base."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not Path(path).exists():
         raise UserError(f"--model {path}: no such directory")
-    from focusft.sources import gguf_file
-    from focusft.sources.model_dir import check_model_dir
+    from focusft.sources import adapter_dir, gguf_file
+    from focusft.sources.model_dir import check_model_dir, load_tokenizer
 
     check_model_dir(path, "--model")
     if (file := gguf_file.find(path, "--model")) is not None:
         model, tokenizer, _ = gguf_file.load(file, "float32", "--model")
         return _ready(model, tokenizer, path, need_template)
+    if adapter_dir.is_adapter_dir(path):  # a --use_peft run's final/: measured merged
+        tokenizer = load_tokenizer(path, "--model")
+        return _ready(adapter_dir.load_merged(path), tokenizer, path, need_template)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True,

@@ -1,7 +1,8 @@
 """Model directories, checked before anything is loaded or written: safetensors weights only.
 
 ``check_model_dir(path, flag)`` refuses, with one paragraph naming the flag and the file: a
-path that is not a directory, an empty directory, no ``config.json``, weights only as pickles
+path that is not a directory, an empty directory, no ``config.json`` (a PEFT adapter directory
+has ``adapter_config.json`` and ``adapter_model.safetensors`` instead), weights only as pickles
 (``pytorch_model.bin``: loading one runs arbitrary code), a ``.safetensors`` file that is empty
 or not safetensors, and a directory without tokenizer files. A name that is not a local path is
 left to transformers (a hub name). ``check_vocab_fits`` refuses a tokenizer with more tokens
@@ -26,7 +27,7 @@ def is_local(path: str) -> bool:
     return os.path.exists(os.path.expanduser(path))
 
 
-def check_model_dir(path: str, flag: str = "--model", weights: bool = True) -> None:
+def check_model_dir(path: str, flag: str = "--model") -> None:
     """Refuse a local model directory that cannot be loaded safely (see the module docstring)."""
     if not is_local(path):
         return
@@ -43,12 +44,18 @@ def check_model_dir(path: str, flag: str = "--model", weights: bool = True) -> N
     if not names:
         raise UserError(f"{flag} {path}: the directory is empty; expected a model written by "
                         "save_pretrained (config.json, *.safetensors, tokenizer files)")
-    if weights:
-        _check_weights(folder, names, path, flag)
+    _check_weights(folder, names, path, flag)
     check_tokenizer_files(path, flag, names)
 
 
 def _check_weights(folder: Path, names: list[str], path: str, flag: str) -> None:
+    if "adapter_config.json" in names:  # a PEFT adapter directory: adapter weights, base elsewhere
+        if "adapter_model.safetensors" not in names:
+            raise UserError(f"{flag} {path}: a PEFT adapter directory without "
+                            f"adapter_model.safetensors (files: {_listing(names)}); safetensors "
+                            "adapter weights are required")
+        _check_safetensors(folder / "adapter_model.safetensors", path, flag)
+        return
     if "config.json" not in names:
         raise UserError(f"{flag} {path}: no config.json (files: {_listing(names)}); expected a "
                         "model written by save_pretrained")

@@ -21,12 +21,12 @@ directory given as ``--model`` is loaded trainable on its base and training cont
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from focusft.errors import UserError
+from focusft.sources.adapter_dir import is_adapter_dir, load_base
 
 
 def require(module: str, flag: str) -> None:
@@ -35,10 +35,6 @@ def require(module: str, flag: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise UserError(f"{flag} needs the {module} package: pip install 'focusft[peft]'")
-
-
-def is_adapter_dir(path: str | None) -> bool:
-    return path is not None and (Path(path) / "adapter_config.json").is_file()
 
 
 def quantization_config(cfg):
@@ -113,40 +109,15 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def base_of_adapter(path: str) -> str:
-    base = json.loads((Path(path) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"--model {path}: adapter_config.json names no base_model_name_or_path, so "
-                        "the base model to continue on is unknown")
-    return base
-
-
 def load_adapter_model(path: str, cfg, **load_kwargs):
     """An adapter directory, loaded trainable on its base (quantized as the flags ask)."""
     require("peft", f"--model {path} (a PEFT adapter directory)")
     from peft import PeftModel
 
-    base = _load_base(path, load_kwargs)
+    base = load_base(path, **load_kwargs)
     if getattr(base, "is_loaded_in_8bit", False) or getattr(base, "is_loaded_in_4bit", False):
         base = _prepare_kbit(base, cfg)
     return PeftModel.from_pretrained(base, path, is_trainable=True)
-
-
-def _load_base(path: str, load_kwargs: dict):
-    """The adapter's base model. A base that is a GGUF file (an adapter trained on ``--model
-    FILE.gguf`` names the file's folder) is read through the GGUF loader, dequantized, as it
-    was for the run that trained the adapter."""
-    from transformers import AutoModelForCausalLM
-
-    from focusft.sources import gguf_file
-
-    base, flag = base_of_adapter(path), f"--model {path}: its base"
-    if (file := gguf_file.find(base, flag)) is None:
-        return AutoModelForCausalLM.from_pretrained(base, **load_kwargs)
-    if "quantization_config" in load_kwargs:  # the same refusal as for a GGUF --model
-        raise UserError(f"--model {path}: its base is the GGUF file {file}, which "
-                        "--load_in_4bit / --load_in_8bit cannot re-quantize; drop the flag")
-    return gguf_file.load(file, load_kwargs.get("dtype", "float32"), flag)[0]
 
 
 def wrap(model, peft_config, cfg):

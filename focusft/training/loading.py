@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from focusft.errors import UserError
+from focusft.sources.adapter_dir import is_adapter_dir
 from focusft.training import adapters
 from focusft.training.config import FocusConfig
 
@@ -32,14 +33,14 @@ def load_model_and_tokenizer(cfg: FocusConfig):
     if (file := gguf_file.find(cfg.model, "--model")) is not None:
         return _load_gguf(file, cfg, quantization)
     # an adapter directory (PEFT) holds adapter weights and the tokenizer, not the base model
-    check_model_dir(cfg.model, "--model", weights=not adapters.is_adapter_dir(cfg.model))
+    check_model_dir(cfg.model, "--model")
     kwargs = dict(trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
                   dtype="bfloat16" if cfg.bf16 else "float32")
     if quantization is not None:
         kwargs["quantization_config"] = quantization
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        if adapters.is_adapter_dir(cfg.model):
+        if is_adapter_dir(cfg.model):
             model = adapters.load_adapter_model(cfg.model, cfg, **kwargs)
         else:
             model = AutoModelForCausalLM.from_pretrained(cfg.model, **kwargs)

@@ -96,7 +96,7 @@ def test_train_a_gguf_file_saves_a_plain_safetensors_model(tiny, rows, tmp_path,
     assert "dequantized" in (final / "README.md").read_text()
 
 
-def test_an_adapter_trained_on_a_gguf_file_continues_training(tiny, rows, tmp_path, capsys):
+def test_an_adapter_trained_on_a_gguf_file_trains_on_and_evaluates(tiny, rows, tmp_path, capsys):
     from safetensors.torch import load_file
 
     first, second = tmp_path / "lora", tmp_path / "lora2"
@@ -112,6 +112,8 @@ def test_an_adapter_trained_on_a_gguf_file_continues_training(tiny, rows, tmp_pa
     after = load_file(str(second / "final" / "adapter_model.safetensors"))
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the same adapter trained on
+    assert main(["eval", "--model", str(second / "final"), "--tasks", "qa1", "--lengths", "0k",
+                 "--samples", "1", "--no_few_shot", "--out", str(tmp_path / "ev")]) == 0  # merged
 
 
 def test_trainer_api_accepts_a_gguf_path(tiny, tmp_path):

@@ -124,6 +124,28 @@ def test_adapter_dir_as_model_continues_training(setup):
         "base_model_name_or_path"] == str(setup / "model")
 
 
+def test_eval_and_diagnose_read_an_adapter_dir_merged(setup, capsys):
+    """`focusft eval` / `diagnose` take a --use_peft run's final/: its base with the adapter
+    merged, equal to PEFT's own (unmerged) forward."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from focusft.evaluation.runner import load_checkpoint
+
+    final = train(setup, setup / "for-eval", "--lora_target_modules", "q_proj", "v_proj", *MLP) / "final"
+    merged, tokenizer = load_checkpoint(str(final))
+    assert not any("lora_" in name for name, _ in merged.named_parameters())
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(setup / "model")),
+                                          str(final)).eval()
+    ids = torch.tensor([tokenizer("Where is the key? It is in the box.")["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+    assert main(["eval", "--model", str(final), "--tasks", "qa1", "--lengths", "0k", "--samples",
+                 "1", "--no_few_shot", "--out", str(setup / "adapter-eval")]) == 0, capsys.readouterr().err
+    assert main(["diagnose", "--model", str(final), "--data", str(setup / "train.jsonl"),
+                 "--samples", "1", "--out", str(setup / "adapter-diag")]) == 0, capsys.readouterr().err
+
+
 def test_qlora_4bit_with_checkpointing_then_merge(setup):
     out = train(setup, setup / "qlora", "--load_in_4bit", "true", "--lora_target_modules", *MLP,
                 "q_proj", "--gradient_checkpointing", "true", "--merge_adapter", "true",

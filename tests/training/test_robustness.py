@@ -49,6 +49,11 @@ def models(tmp_path_factory):
     for name in os.listdir(root / "no_template"):
         if name.startswith("chat_template"):
             os.remove(root / "no_template" / name)
+    (root / "pickle_adapter").mkdir()  # a PEFT adapter directory whose weights are a pickle
+    tok.save_pretrained(root / "pickle_adapter")
+    (root / "pickle_adapter" / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": str(root / "model"), "peft_type": "LORA"}))
+    (root / "pickle_adapter" / "adapter_model.bin").write_bytes(b"not read")
     cfg.vocab_size = 64  # fewer embedding rows than the tokenizer has tokens
     Qwen2ForCausalLM(cfg).save_pretrained(root / "small_vocab")
     tok.save_pretrained(root / "small_vocab")
@@ -275,6 +280,7 @@ def test_yaml_list_for_a_scalar_key(run):
     ("zero_bytes", "model.safetensors is empty (0 bytes)"),
     ("no_tokenizer", "no tokenizer files"),
     ("pickle", "only pickle weights (pytorch_model.bin)"),
+    ("pickle_adapter", "a PEFT adapter directory without adapter_model.safetensors"),
     ("small_vocab", "embedding table has 64 rows"),
 ])
 def test_bad_model_dirs(run, model, fragment):
@@ -380,9 +386,11 @@ def test_checkpoints_are_staged_then_renamed(run, monkeypatch):
 def test_diagnose_and_eval_load_safetensors_only(models, tmp_path, capsys):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps(OK) + "\n")
-    for argv in (["diagnose", "--model", str(models / "pickle"), "--data", str(data), "--out", str(tmp_path / "o")],
-                 ["eval", "--model", str(models / "pickle"), "--suite", "babilong", "--out", str(tmp_path / "o")]):
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        assert "only pickle weights (pytorch_model.bin)" in err and "Traceback" not in err
-        assert not (tmp_path / "o").exists()
+    for model, fragment in (("pickle", "only pickle weights (pytorch_model.bin)"),
+                            ("pickle_adapter", "without adapter_model.safetensors")):
+        for argv in (["diagnose", "--model", str(models / model), "--data", str(data), "--out", str(tmp_path / "o")],
+                     ["eval", "--model", str(models / model), "--suite", "babilong", "--out", str(tmp_path / "o")]):
+            assert main(argv) == 2
+            err = capsys.readouterr().err
+            assert fragment in err and "Traceback" not in err
+            assert not (tmp_path / "o").exists()
