@@ -175,12 +175,12 @@ def plot_layers(final: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def verdict_lines(met: dict) -> list[str]:
+def verdict_lines(summary: dict, met: dict) -> list[str]:
     if all(met.values()):
         return ["**Verdict: the goal is met on all three counts.**"]
     missed = [k for k, v in met.items() if not v]
     return [f"**Verdict: the goal is not met** ({', '.join(missed)} not met). What the numbers "
-            "say about why:"]
+            "say about why:", "", *why_lines(summary)]
 
 
 def smallest_separable_gap(n: int) -> float | None:
@@ -256,7 +256,6 @@ def why_lines(summary: dict) -> list[str]:
                      f"queries is {causal:.4f} under the causal mask and {glm:.4f} under the GLM "
                      "mask, before any training; goal 2 compares against SFT-GLM under the GLM "
                      "mask, where little sink is left to halve.")
-    leak = summary.get("leakage", {})
     for method in FOCUS:
         effect, gaps = _fast_weight_effect(summary, method), _attention_gap(final, method)
         if effect is None:
@@ -267,14 +266,14 @@ def why_lines(summary: dict) -> list[str]:
                      f"sink mass and {gaps[1]:.1e} in mean engagement")
         lines.append(text + ".")
     for objective in ("response", "context"):
-        drops = {name: r["before"] - r["after"] for name, by in leak.items()
-                 for obj, r in by.items() if obj == objective}
-        if drops:
-            lines.append(f"- leakage, {objective} objective: K inner steps lower a wrong "
-                         f"answer's NLL by {min(drops.values()):+.3f} to {max(drops.values()):+.3f} "
-                         "across the checkpoints" + (" (the fast weights learn whatever answer "
-                                                     "the row shows)" if objective == "response"
-                                                     and min(drops.values()) > 0.05 else "") + ".")
+        drops = [by[objective]["before"] - by[objective]["after"]
+                 for by in summary.get("leakage", {}).values() if objective in by]
+        if not drops:
+            continue
+        learns = objective == "response" and min(drops) > 0.05
+        lines.append(f"- leakage, {objective} objective: K inner steps lower a wrong answer's NLL "
+                     f"by {min(drops):+.3f} to {max(drops):+.3f} across the checkpoints"
+                     + (" (the fast weights learn whatever answer the row shows)." if learns else "."))
     return lines
 
 
@@ -364,8 +363,7 @@ def write_markdown(summary: dict, path: Path) -> None:
               "before and after K inner steps on fresh fast weights (seed "
               f"{cfg['seeds'][0]} checkpoints).", "", *leakage_table(summary["leakage"]), "",
               "## Cost", "", *cost_table(summary), "",
-              "## The goal, checked", "", *checks, "", *verdict_lines(met), "",
-              *([] if all(met.values()) else why_lines(summary)), "",
+              "## The goal, checked", "", *checks, "", *verdict_lines(summary, met), "",
               "## Reading (computed from the tables above)", "", *reading(summary, "real_eval_lengths"), ""]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines))
