@@ -25,6 +25,10 @@ def register(subparsers) -> None:
     p.add_argument("--chat_template", choices=["model", "none"], default="model",
                    help="render prompts with the model's chat template, or as plain text "
                         "(base models; RULER's default)")
+    p.add_argument("--scoring", choices=["generate", "loglik"], default="generate",
+                   help="generate: greedy output scored by the suite's rule; loglik: each "
+                        "candidate of the task's closed answer set scored by its log-likelihood "
+                        "(acc, acc_norm, gold NLL; BABILong qa1-qa5, agentic compare)")
     p.add_argument("--samples", type=int, default=20, help="samples per task and length")
     p.add_argument("--seed", type=int, default=0, help="seed of the test-split generator")
     p.add_argument("--mask", choices=["causal", "prefix", "both"], default="causal",
@@ -64,7 +68,12 @@ def run(args) -> int:
                     masks=["causal", "prefix"] if args.mask == "both" else [args.mask],
                     batch_size=args.batch_size, haystack=args.haystack,
                     few_shot=not args.no_few_shot, trust_remote_code=args.trust_remote_code,
-                    prompts=args.prompts, chat_template=args.chat_template == "model")
+                    prompts=args.prompts, chat_template=args.chat_template == "model",
+                    scoring=args.scoring)
+    if args.scoring == "loglik" and (args.suite == "ruler" or "lookup" in tasks):
+        raise UserError(f"--scoring loglik: {args.suite} {', '.join(tasks)}: only tasks with a "
+                        "closed answer set can be scored by likelihood (BABILong qa1-qa5, agentic "
+                        "compare); use --scoring generate")
     results = evaluate(args.model, spec)
     out = write_report(results, args.out)
     sys.stdout.write(markdown_table(results))

@@ -12,6 +12,12 @@ exact match for the agentic suite. Each cell carries a 95 % Wilson interval. Eac
 under one or both inference masks (`focusft.evaluation.inference`): ``causal`` (ordinary) and ``prefix``
 (the prompt prefilled under the training mask).
 
+``scoring="loglik"`` (closed answer sets: BABILong qa1-qa5, agentic compare) scores instead,
+lm-evaluation-harness's way, every candidate answer's log-likelihood after the prompt
+(`focusft.evaluation.loglik`, `focusft.evaluation.choices`): acc, acc_norm, gold NLL per cell.
+Several models (or masks) are compared pairwise on the rows they share
+(`focusft.evaluation.paired`: bootstrap intervals of the paired difference, McNemar's exact p).
+
 Outputs (written to a temporary directory, then renamed into place)::
 
     out/results.json        scores, intervals, settings (prompt set, noise source, length
@@ -53,6 +59,7 @@ class EvalSpec:
     trust_remote_code: bool = False
     prompts: str = "focusft"  # "focusft" | "lm-eval"
     chat_template: bool = True  # False: the plain text (base models)
+    scoring: str = "generate"  # "generate" (greedy, the suite's rule) | "loglik" (closed sets)
 
 
 def load_checkpoint(path: str, trust_remote_code: bool = False, need_template: bool = True):
@@ -183,6 +190,53 @@ def sample_records(rows: list[dict], outputs: list[str], prompts: list[str]) -> 
             for r, o, p in zip(rows, outputs, prompts)]
 
 
+def row_keys(rows: list[dict]) -> list[str]:
+    """A row's identity across models: task, length and its index among that cell's rows (every
+    model's rows are drawn from the same samples, whatever its tokenizer)."""
+    seen: dict = defaultdict(int)
+    keys = []
+    for r in rows:
+        keys.append(f"{r['task']}|{r['length']}|{seen[(r['task'], r['length'])]}")
+        seen[(r["task"], r["length"])] += 1
+    return keys
+
+
+def loglik_records(model, tokenizer, rows: list[dict], prompts: list[str], spec: EvalSpec,
+                   mode: str, progress: str = "") -> list[dict]:
+    """Per-row likelihood records (`focusft.evaluation.loglik`), ``score`` = acc."""
+    from focusft.evaluation.loglik import score_rows
+
+    ids = [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] for t in prompts]
+    masks = None if mode == "causal" else [
+        response_mask(tokenizer, r, p, spec.chat_template) for r, p in zip(rows, ids)]
+    scored = score_rows(model, tokenizer, rows, prompts, mode, masks, progress)
+    return [{"task": r["task"], "length": r["length"], "key": k, "prompt": p,
+             "references": r["references"], "target": r["target"], "output": s["prediction"],
+             "score": s["acc"], **s} for r, k, p, s in zip(rows, row_keys(rows), prompts, scored)]
+
+
+def check_closed(rows: list[dict], spec: EvalSpec) -> None:
+    """--scoring loglik needs every row's task to have a closed answer set."""
+    from focusft.evaluation.choices import row_choices
+
+    open_tasks = sorted({r["task"] for r in rows if row_choices(r) is None})
+    if open_tasks:
+        raise UserError(f"--scoring loglik: {spec.suite} task(s) {', '.join(open_tasks)} have no "
+                        "closed answer set (BABILong qa1-qa5 and agentic compare do); score them "
+                        "with --scoring generate")
+
+
+def metric_means(records: list[dict], metric: str) -> dict:
+    """{task: {length: mean of ``metric``}} over records."""
+    groups = defaultdict(list)
+    for rec in records:
+        groups[(rec["task"], rec["length"])].append(rec[metric])
+    out: dict = defaultdict(dict)
+    for (task, length), values in sorted(groups.items()):
+        out[task][length] = sum(values) / len(values)
+    return dict(out)
+
+
 def score_records(records: list[dict]) -> tuple[dict, dict, dict]:
     """(scores 0-100, 95 % Wilson intervals 0-100, sample counts) per task and length."""
     from focusft.evaluation.scoring import wilson_interval
@@ -214,12 +268,18 @@ def settings(spec: EvalSpec, tokenizer, path: str) -> dict:
     scoring = {"babilong": "BABILong leaderboard rule (label found, alone, outside the question)",
                "ruler": "RULER string_match_all (NIAH, VT, CWE, FWE) / string_match_part (QA)",
                "agentic": "normalised exact match of the final answer's first line"}[spec.suite]
+    if spec.scoring == "loglik":
+        scoring = ("log-likelihood over the task's closed answer set: acc (argmax of the summed "
+                   "log-probability), acc_norm (divided by the answer's characters), gold NLL")
     return {"prompt_set": describe(spec.prompts) if spec.suite != "agentic" else "focusft",
             "noise": describe_haystack(spec.haystack), "lengths": lengths, "scoring": scoring,
             "tokenizer": f"{type(tokenizer).__name__} of {Path(path).name} "
                          f"(vocabulary {len(tokenizer)})",
             "chat_template": "the model's" if spec.chat_template else "none (plain text)",
-            "decoding": "greedy, KV cache, the task's max_new_tokens, from the answer prefix",
+            "decoding": ("log-likelihood of each closed-set candidate after the prompt (lm-eval "
+                         "multiple_choice: acc, acc_norm by characters), one prefill + KV cache"
+                         if spec.scoring == "loglik" else
+                         "greedy, KV cache, the task's max_new_tokens, from the answer prefix"),
             "interval": "95 % Wilson score interval"}
 
 
@@ -233,19 +293,32 @@ def evaluate(models: list[str], spec: EvalSpec, generate=None) -> dict:
 
             check_attention(model, "glm", where=f"--model {path}: ")
         rows = make_rows(spec, tokenizer)
+        if spec.scoring == "loglik":
+            check_closed(rows, spec)
         prompts = [prompt_text(tokenizer, r, spec.chat_template) for r in rows]
         results.setdefault("settings", settings(spec, tokenizer, path))
         note_weights(results, path)
         for mode in spec.masks:
-            start = time.perf_counter()
-            outputs = generate_outputs(model, tokenizer, rows, spec, mode,
-                                       f"{Path(path).name} [{mode}]", generate)
-            records = sample_records(rows, outputs, prompts)
+            start, label = time.perf_counter(), f"{Path(path).name} [{mode}]"
+            if spec.scoring == "loglik":
+                records = loglik_records(model, tokenizer, rows, prompts, spec, mode, label)
+            else:
+                outputs = generate_outputs(model, tokenizer, rows, spec, mode, label, generate)
+                records = [{**rec, "key": k} for rec, k in
+                           zip(sample_records(rows, outputs, prompts), row_keys(rows))]
             scores, intervals, counts = score_records(records)
-            results["models"][f"{path} [{mode}]"] = {
-                "scores": scores, "intervals": intervals, "counts": counts,
-                "seconds": round(time.perf_counter() - start, 1), "samples": records,
-            }
+            entry = {"scores": scores, "intervals": intervals, "counts": counts,
+                     "seconds": round(time.perf_counter() - start, 1), "samples": records}
+            if spec.scoring == "loglik":
+                entry.update(acc_norm=metric_means(records, "acc_norm"),
+                             gold_nll=metric_means(records, "gold_nll"))
+            results["models"][f"{path} [{mode}]"] = entry
+    if len(results["models"]) > 1:
+        from focusft.evaluation.paired import comparison_table
+
+        metrics = ("acc", "gold_nll") if spec.scoring == "loglik" else ("score",)
+        results["comparison"] = comparison_table(
+            {name: m["samples"] for name, m in results["models"].items()}, metrics)
     return results
 
 
@@ -293,7 +366,22 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {task} | {length} | " + " | ".join(cells) + " |")
     means = [_mean_cell(results["models"][m]) for m in names]
     lines.append("| **mean** | all | " + " | ".join(means) + " |")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    for metric, title, fmt in (("acc_norm", "acc_norm (0-100)", "{:.1f}"),
+                               ("gold_nll", "gold NLL (nats per token)", "{:.3f}")):
+        if all(metric in results["models"][m] for m in names) and names:
+            lines += ["", f"{title}:", "", "| task | length | " + " | ".join(names) + " |",
+                      "|---|---|" + "---|" * len(names)]
+            for task, length in keys:
+                cells = [results["models"][m][metric].get(task, {}).get(length) for m in names]
+                cells = [fmt.format(100 * c if metric == "acc_norm" else c)
+                         if c is not None else "-" for c in cells]
+                lines.append(f"| {task} | {length} | " + " | ".join(cells) + " |")
+    text = "\n".join(lines).lstrip("\n") + "\n"
+    if results.get("comparison"):
+        from focusft.evaluation.paired import comparison_markdown
+
+        text += "\n" + comparison_markdown(results["comparison"])
+    return text
 
 
 def plot_accuracy(results: dict, path: Path) -> None:

@@ -64,3 +64,34 @@ def test_eval_bad_haystack_is_a_clear_error(tmp_path, capsys):
                  "--out", str(tmp_path / "o")])
     assert code == 2 and "haystack" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_eval_loglik_two_checkpoints_prints_metrics_and_paired_comparison(tmp_path, capsys):
+    a = save_chat_model(tmp_path / "a", layers=2, positions=4096, seed=0)
+    b = save_chat_model(tmp_path / "b", layers=2, positions=4096, seed=1)
+    out = tmp_path / "res"
+    code = main(["eval", "--model", str(a), "--model", str(b), "--scoring", "loglik",
+                 "--tasks", "qa1,qa5", "--lengths", "0k", "--samples", "3", "--mask", "both",
+                 "--no_few_shot", "--out", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["models"]) == 4
+    for entry in results["models"].values():
+        rec = entry["samples"][0]
+        assert {"acc", "acc_norm", "gold_nll", "gold_logprob", "rank", "choice_logprobs"} <= set(rec)
+        assert len(rec["choice_logprobs"]) == 6 and 1 <= rec["rank"] <= 6  # qa1: six places
+        assert rec["gold_nll"] > 0 and rec["score"] == rec["acc"]
+        assert entry["acc_norm"]["qa1"] and entry["gold_nll"]["qa5"]
+    pairs = {(c["a"], c["b"], c["metric"]) for c in results["comparison"]}
+    assert len(pairs) == 6 * 2  # every pair of the four (model, mask) entries, acc and NLL
+    assert all(c["n"] == 6 for c in results["comparison"])
+    printed = capsys.readouterr().out
+    assert "## Paired comparison" in printed and "McNemar" in printed and "gold NLL" in printed
+
+
+def test_eval_loglik_refuses_open_answer_tasks(tmp_path, capsys):
+    model = save_tiny(tmp_path / "m")
+    code = main(["eval", "--model", str(model), "--suite", "ruler", "--scoring", "loglik",
+                 "--out", str(tmp_path / "o")])
+    assert code == 2 and "closed answer set" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
