@@ -15,7 +15,8 @@ from focusft.core import attention
 from focusft.core.fast_weights import FastWeights
 from focusft.core.inner import InnerConfig
 from focusft.core.masks import AttentionLayout
-from focusft.core.step import BilevelStep, InnerJob, context_targets, outer_loss, response_targets
+from focusft.core.step import (BilevelStep, InnerJob, batch_layout, context_targets, outer_loss,
+                               response_targets)
 from references import brute_force_glm, ref_sample_targets
 from tiny import make_batch, tiny_llama, tiny_qwen2
 
@@ -42,13 +43,14 @@ def ref_forward(model, ids, mask, factors):
             h.remove()
 
 
-def ref_step(model, batch, init, modules, steps, lr, clip, objective="response"):
-    """Returns (per-step mean inner losses, adapted factors per sample, outer loss)."""
+def ref_step(model, batch, init, modules, steps, lr, clip, objective="response", causal=False):
+    """Returns (per-step mean inner losses, adapted factors per sample, outer loss); ``causal``:
+    both loops under the plain causal mask (FocuSFT-causal)."""
     inner_losses = torch.zeros(steps)
     adapted, outer_terms, total = [], [], 0
     for b in range(batch["input_ids"].shape[0]):
         ids, lm, n, pos, tgt = ref_sample_targets(batch, b, objective)
-        inner_mask = ref_mask(lm.int().tolist(), n, causal=objective == "context")
+        inner_mask = ref_mask(lm.int().tolist(), n, causal=objective == "context" or causal)
         fac = {m: [init[i][0][b].clone(), init[i][1][b].clone()] for i, m in enumerate(modules)}
         for k in range(steps):
             for pair in fac.values():
@@ -65,19 +67,20 @@ def ref_step(model, batch, init, modules, steps, lr, clip, objective="response")
             fac = {m: new[2 * i: 2 * i + 2] for i, m in enumerate(fac)}
         adapted.append(fac)
         _, _, _, rpos, rtgt = ref_sample_targets(batch, b, "response")
-        logits = ref_forward(model, ids, ref_mask(lm.int().tolist(), n, causal=False), fac)
+        logits = ref_forward(model, ids, ref_mask(lm.int().tolist(), n, causal=causal), fac)
         outer_terms.append(F.cross_entropy(logits[rpos], rtgt, reduction="sum"))
         total += len(rpos)
     return inner_losses, adapted, sum(outer_terms) / total
 
 
 # ----------------------------------------------------------------------------- ours
-def our_step(model, batch, steps, lr, clip, objective="response", seeds=(11, 12, 13), ckpt=False):
+def our_step(model, batch, steps, lr, clip, objective="response", seeds=(11, 12, 13), ckpt=False,
+             mask="glm"):
     attention.use_focusft_attention(model)  # as the trainer does (last-layer MLP rows included)
     fast = FastWeights(model, rank=RANK, alpha=ALPHA)
     step = BilevelStep(model, fast, InnerConfig(steps=steps, lr=lr, clip=clip, objective=objective))
     lengths = batch["attention_mask"].sum(1).tolist()
-    layout = AttentionLayout.glm(batch["loss_mask"], lengths)
+    layout = batch_layout(batch, mask)
     fast.reset(list(seeds[: len(lengths)]))
     init = [(s.a.clone(), s.b.clone()) for s in fast.slots]
     if objective == "response":
@@ -93,17 +96,20 @@ def our_step(model, batch, steps, lr, clip, objective="response", seeds=(11, 12,
     return loss, step, fast, init
 
 
-@pytest.mark.parametrize("objective", ["response", "context"])
+@pytest.mark.parametrize("objective,mask", [("response", "glm"), ("context", "glm"),
+                                            ("response", "causal")])  # causal: FocuSFT-causal
 @pytest.mark.parametrize("make_model", [tiny_qwen2, tiny_llama])
-def test_step_equals_dense_reference(make_model, objective):
+def test_step_equals_dense_reference(make_model, objective, mask):
     batch = make_batch(ROWS, seed=3)
     model = make_model()
     ref_model = copy.deepcopy(model)
-    loss, step, fast, init = our_step(model, batch, steps=2, lr=1.0, clip=1.0, objective=objective)
+    loss, step, fast, init = our_step(model, batch, steps=2, lr=1.0, clip=1.0, objective=objective,
+                                      mask=mask)
     loss.backward()
     modules = [dict(ref_model.named_modules())[name] for name in
                [n for n, m in model.named_modules() if any(m is s.module for s in fast.slots)]]
-    ref_inner, ref_fac, ref_loss = ref_step(ref_model, batch, init, modules, 2, 1.0, 1.0, objective)
+    ref_inner, ref_fac, ref_loss = ref_step(ref_model, batch, init, modules, 2, 1.0, 1.0, objective,
+                                            causal=mask == "causal")
     ref_loss.backward()
     torch.testing.assert_close(torch.stack(step.stats.losses), ref_inner, rtol=1e-5, atol=1e-6)
     for i, slot in enumerate(fast.slots):

@@ -74,6 +74,7 @@ def test_focusft_run_saves_plain_hf_checkpoint_that_reproduces_logits(tiny_dir):
 
 @pytest.mark.parametrize("method,attention,extra", [
     ("sft", "causal", []), ("sft", "glm", []), ("focusft", "glm", ["--packing", "true"]),
+    ("focusft", "causal", []),  # FocuSFT-causal: both loops under the causal mask
     ("focusft", "glm", ["--inner_objective", "context", "--train_sampling_strategy", "group_by_length"]),
 ])
 def test_methods_and_options_run_through_the_same_pipeline(tiny_dir, method, attention, extra):
