@@ -108,25 +108,29 @@ def run_experiment(cfg: ExperimentConfig, command: str, log=print) -> dict:
 
 
 def run_real(cfg: ExperimentConfig, command: str, log=print) -> dict:
-    """`--task real` (focusft.experiments.real): select the inner loop, train, evaluate,
-    measure attention and leakage, report. Every stage reuses what a previous run finished."""
+    """`--task real` (focusft.experiments.real): the 2x2 of mask x inner loop, scored by
+    likelihood; every stage reuses what a previous run finished."""
     from focusft.evaluation.runner import load_checkpoint
+    from focusft.experiments import factorial
 
     start = time.perf_counter()
     base = real.resolve_base(cfg, log)
     cfg = replace(cfg, base=base)
     _, tokenizer = load_checkpoint(base)
     data, probe, longest = real.write_data(cfg, tokenizer)
-    default = {"chosen": list(cfg.select_grid[0]), "points": {}}  # no selection: the grid's first
     selection = (real.select_inner(cfg, data, probe, longest + 8, log) if cfg.select
-                 else {"response": default, "context": default})
-    runs = train_all(cfg, data, probe, longest + 8, log, real.main_methods(selection))
-    accuracy = real.evaluate(cfg, base, runs, log)
+                 else {"chosen": list(cfg.select_grid[0]), "points": {}})
+    runs = real.train_cells(cfg, data, probe, longest + 8, real.cell_flags(selection), log)
+    scores, eval_seconds = real.score_all(cfg, base, runs, log)
     probes = {"trained": probe, "long": str(Path(probe).with_name("probe_long.jsonl"))}
     summary = {"config": asdict(cfg), "command": command, "commit": git_commit(),
                "dirty": git_dirty(), "base": base, "base_source": real.base_source(base),
-               "longest_train_tokens": longest, "selection": selection, "runs": runs,
-               "accuracy": accuracy, "attention": real.attention_at(cfg, base, runs, probes, log),
+               "longest_train_tokens": longest, "selection": selection,
+               "runs": runs,
+               "cells": factorial.cell_table(scores),
+               "decomposition": factorial.decomposition(scores, cfg.real_eval_lengths),
+               "discordance": factorial.discordance(scores), "eval_seconds": eval_seconds,
+               "attention": real.attention_at(cfg, base, runs, probes, log),
                "leakage": real.leakage(cfg, base, runs, selection, log),
                "total_seconds": round(time.perf_counter() - start, 1)}
     summary["cumulative_seconds"] = real.cumulative_seconds(summary)

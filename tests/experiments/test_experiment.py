@@ -129,47 +129,72 @@ def test_goal_check_reads_the_numbers():
     assert "= 2.00, goal >= 10: **not met**" in lines[3] and "= 1.50, goal >= 2: **not met**" in lines[3]
 
 
-def test_real_task_smoke_selects_trains_evaluates_and_resumes(tmp_path):
+def test_real_task_smoke_runs_the_2x2_scores_by_likelihood_and_resumes(tmp_path):
     from chat_fixtures import save_chat_model
 
     base = save_chat_model(tmp_path / "base", positions=2048)
     out, report = tmp_path / "exp", tmp_path / "docs" / "results-real.md"
     args = ["experiment", "--smoke", "--task", "real", "--base", str(base), "--out", str(out),
-            "--report", str(report), "--methods", "sft-glm,focusft"]
+            "--report", str(report)]
     assert main(args) == 0
     summary = json.loads(report.with_suffix(".json").read_text())
-    # selection: one point per objective, the chosen one is the only one and the main run uses it
-    for objective in ("response", "context"):
-        sel = summary["selection"][objective]
-        assert len(sel["points"]) == 1 and sel["chosen"] == [1, 0.1]
-        point = next(iter(sel["points"].values()))
-        assert point["eval_loss"] is not None and point["eval_loss"] > 0
-    flags = summary["runs"]["focusft|0"]["flags"]
-    assert flags[flags.index("--inner_steps") + 1] == "1" and flags[flags.index("--inner_lr") + 1] == "0.1"
-    rows = summary["accuracy"]["babilong"]
-    assert set(rows) == {f"{m} [{k}]" for m in ("base (no SFT)", "sft-glm", "focusft")
-                         for k in ("causal", "prefix")}
-    # attention per layer (4 layers) at both probe lengths, both masks; leakage per objective
-    for probe in ("trained", "long"):
-        assert len(summary["attention"][probe]["focusft"]["glm"]["sink_first"]) == 4
-        assert set(summary["attention"][probe]["sft-glm"]) == {"causal", "glm"}
-    leak = summary["leakage"]["focusft"]
-    assert set(leak) == {"response", "context"} and leak["response"]["before"] > 0
-    assert summary["runs"]["focusft|0"]["history"]  # the inner losses per logging step
+    sel = summary["selection"]  # two grid points, the lower validation loss chosen
+    assert len(sel["points"]) == 2
+    best = min(sel["points"].values(), key=lambda p: p["eval_loss"])
+    assert sel["chosen"] == [best["k"], best["lr"]]
+    for seed in (0, 1):  # the four cells, both seeds, identical budget; FocuSFT with the choice
+        for cell in ("sft-causal", "sft-glm", "focusft-causal", "focusft-glm"):
+            flags = summary["runs"][f"{cell}|{seed}"]["flags"]
+            assert flags[flags.index("--seed") + 1] == str(seed)
+            assert flags[flags.index("--attention") + 1] == cell.split("-")[1]
+            if cell.startswith("focusft"):
+                assert flags[flags.index("--inner_lr") + 1] == f"{best['lr']:g}"
+    # each trained cell under its own mask, the base under both; 2 rows per (length) per seed
+    assert set(summary["cells"]) == {"base (no SFT) [causal]", "base (no SFT) [prefix]",
+                                     "sft-causal [causal]", "sft-glm [prefix]",
+                                     "focusft-causal [causal]", "focusft-glm [prefix]"}
+    assert summary["cells"]["sft-glm [prefix]"]["all"]["n"] == 2 * 2 * 2
+    assert summary["cells"]["base (no SFT) [causal]"]["all"]["n"] == 2 * 2 * 2
+    dec = summary["decomposition"]
+    assert len(dec) == 5
+    pooled = dec["mask effect (SFT-GLM - SFT-causal)"]["pooled"]
+    assert pooled["acc"]["n"] == 8 and "mcnemar_p" in pooled["acc"]
+    lo, hi = pooled["gold_nll"]["interval"]
+    assert lo <= pooled["gold_nll"]["difference"] <= hi
+    assert set(dec["interaction ((FG - SG) - (FC - SC))"]) == {"pooled", "0", "256"}
+    assert summary["leakage"]["focusft-glm"]["response"]["before"] > 0
+    assert summary["runs"]["focusft-glm|0"]["history"]  # the inner losses per logging step
     text = report.read_text()
-    assert "## The goal" in text and "Verdict" in text and "smoke" in text
-    # at 1 row per cell no gap separates two Wilson intervals: the goal cannot be met, and the
-    # readings that explain a verdict, computed from the numbers, follow it
-    assert "**Verdict: the goal is not met**" in text
-    assert "- sample size: 1 held-out rows per (method, length) cell; at that size no score gap" in text
-    assert "- the mask alone: on the untouched base" in text and "- focusft: inner loss" in text
+    for part in ("## The goal", "## The power calculation", "## The decomposition",
+                 "**Verdict: rule", "smoke"):
+        assert part in text
+    assert "- the mask alone: on the untouched base" in text
     # the page again from its .json alone: the same page
     from focusft.experiments import real_report
     report.unlink()
     assert real_report.main([str(report.with_suffix(".json"))]) == 0 and report.read_text() == text
-    # a rerun reuses every finished run and evaluation: nothing is retrained
-    stamp = (out / "runs" / "focusft-seed0" / "result.json").stat().st_mtime_ns
+    # a rerun reuses every finished run and scored model: nothing is retrained or rescored
+    stamp = (out / "runs" / "focusft-glm-seed0" / "result.json").stat().st_mtime_ns
+    scored = (out / "eval" / "sft-glm-seed1.json").stat().st_mtime_ns
     assert main(args) == 0
-    assert (out / "runs" / "focusft-seed0" / "result.json").stat().st_mtime_ns == stamp
+    assert (out / "runs" / "focusft-glm-seed0" / "result.json").stat().st_mtime_ns == stamp
+    assert (out / "eval" / "sft-glm-seed1.json").stat().st_mtime_ns == scored
     again = json.loads(report.with_suffix(".json").read_text())
-    assert again["accuracy"] == summary["accuracy"] and again["leakage"] == summary["leakage"]
+    assert again["cells"] == summary["cells"] and again["leakage"] == summary["leakage"]
+
+
+def test_the_verdict_follows_the_decision_rule():
+    from focusft.experiments import real_report
+    from focusft.experiments.factorial import EFFECTS
+
+    def summary(mask, inner):
+        acc = lambda lo, hi: {"pooled": {"acc": {"difference": (lo + hi) / 2,  # noqa: E731
+                                                 "interval": [lo, hi], "n": 100}}}
+        dec = {name: acc(-0.1, 0.1) for name in EFFECTS}
+        dec["mask effect (SFT-GLM - SFT-causal)"] = acc(*mask)
+        dec["inner loop under GLM (FocuSFT-GLM - SFT-GLM)"] = acc(*inner)
+        return {"decomposition": dec}
+
+    assert real_report.verdict(summary((0.01, 0.1), (0.02, 0.2))) == ("1", "focusft")
+    assert real_report.verdict(summary((0.01, 0.1), (-0.02, 0.2))) == ("2", "sft-glm")
+    assert real_report.verdict(summary((-0.01, 0.1), (-0.3, -0.1))) == ("3", "sft-causal")
