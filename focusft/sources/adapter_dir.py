@@ -72,7 +72,7 @@ def load_base(path: str, rope_scaling: dict | None = None, **load_kwargs):
         raise UserError(f"--model {path}: its base is the GGUF file {file}, which "
                         "--load_in_4bit / --load_in_8bit cannot re-quantize; drop the flag")
     if scaling:
-        rope.scaled(rope.config_of(str(file), flag), scaling)
+        rope.scaled(gguf_file.read_config(file, flag), scaling)
     return gguf_file.load(file, load_kwargs.get("dtype", "float32"), flag, rope_scaling=scaling)[0]
 
 

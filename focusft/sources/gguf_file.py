@@ -170,6 +170,19 @@ def load_tokenizer(file: Path, flag: str = "--model"):
                         ) from None
 
 
+def read_config(file: Path, flag: str = "--model"):
+    """The model config stored in the file's metadata (no tensor is read)."""
+    from transformers import AutoConfig
+
+    inspect(file, flag)
+    try:
+        return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+    except (ValueError, NotImplementedError, KeyError, OSError) as err:
+        raise UserError(f"{flag} {file}: transformers cannot read the config of this GGUF file "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                        ) from None
+
+
 def load(file: Path, dtype: str = "float32", flag: str = "--model", rope_scaling: dict | None = None):
     """(plain model, tokenizer, info) from a GGUF file, dequantized to `dtype` (see docstring);
     `rope_scaling` (``focusft.sources.rope_scaling``) goes into the plain model's config."""

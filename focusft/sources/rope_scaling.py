@@ -12,14 +12,15 @@ linear, dynamic, yarn, longrope, llama3, proportional) and a ``factor`` is a num
 config's entry are replaced by the user's, the rest (``rope_theta``, ``partial_rotary_factor``,
 model-specific keys) kept; in a config with one entry per layer type (Gemma 3, OLMo 3) the
 scaling goes to the full-attention entry, as transformers puts a legacy ``rope_scaling`` there
-(sliding-window layers never see far positions). transformers' own ``standardize_rope_params`` then fills the defaults (yarn,
-llama3 and longrope: ``original_max_position_embeddings`` = the config's
-``max_position_embeddings``, the native window) and its ``validate_rope`` checks the required
-keys of the type. ``max_position_embeddings`` is left as it is (transformers' YaRN reads the
-ratio from ``factor``; dynamic NTK reads the native window from it). A family without RoPE
-(GPT-2) is refused. `config_of` reads a model's config without loading any weights, so all of
-this runs before weights load or anything is written; `check_applied` confirms the built
-model's rotary modules took the type.
+(sliding-window layers never see far positions). transformers' own ``standardize_rope_params``
+then fills the defaults (yarn, llama3 and longrope: ``original_max_position_embeddings`` = the
+config's ``max_position_embeddings``, taken as the native window) and its ``validate_rope``
+checks the required keys of the type. ``max_position_embeddings`` is left as it is
+(transformers' YaRN reads the ratio from ``factor``; dynamic NTK reads the native window from
+it). A family without RoPE (GPT-2) is refused. `config_of` (``gguf_file.read_config`` for a
+GGUF file) reads a model's config without loading any weights, so all of this runs before
+weights load or anything is written; `check_applied` confirms the built model's rotary modules
+took the type.
 """
 
 from __future__ import annotations
@@ -144,16 +145,11 @@ def _replaced(entry: dict, scaling: dict) -> dict:
 
 
 def config_of(path: str, flag: str = "--model", trust_remote_code: bool = False):
-    """The config of the model `path` names (a directory, hub name or GGUF file), read without
-    loading weights."""
+    """The config of the model `path` names (a directory or hub name; a GGUF file's:
+    ``gguf_file.read_config``), read without loading weights."""
     from transformers import AutoConfig
 
-    from focusft.sources import gguf_file
-
     try:
-        if (file := gguf_file.find(path, flag)) is not None:
-            gguf_file.inspect(file, flag)
-            return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
         return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as err:
         local = "" if Path(path).expanduser().exists() else "no such local directory, and "

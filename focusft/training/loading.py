@@ -83,7 +83,7 @@ def _load_gguf(file, cfg: FocusConfig, quantization):
                         "a GGUF file; train it dequantized (drop the flag), or write it out first "
                         "with focusft model convert FILE --out DIR and quantize that")
     if cfg.rope_scaling:  # refused from the file's metadata, before any weight is read
-        rope_scaling.scaled(rope_scaling.config_of(str(file), "--model"), cfg.rope_scaling)
+        rope_scaling.scaled(gguf_file.read_config(file, "--model"), cfg.rope_scaling)
     model, tokenizer, _ = gguf_file.load(file, "bfloat16" if cfg.bf16 else "float32", "--model",
                                          rope_scaling=cfg.rope_scaling)
     check_vocab_fits(model, tokenizer, f"--model {cfg.model}")
