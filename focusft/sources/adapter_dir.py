@@ -5,7 +5,9 @@ names the base (``base_model_name_or_path``): a model directory, a hub name, or,
 on ``--model FILE.gguf``, the folder holding that GGUF file, which transformers cannot open
 itself; `load_base` reads it through `focusft.sources.gguf_file`, dequantized, as the run that
 trained the adapter did. `load_merged` gives the plain model that evaluation and diagnostics
-measure: the base with the adapter merged in.
+measure: the base with the adapter merged in. An adapter trained under ``--rope_scaling`` records it
+in ``focusft_rope_scaling.json`` (the base's own config.json does not carry it), and its base
+is loaded under it again.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 from pathlib import Path
 
 from focusft.errors import UserError
+
+ROPE_FILE = "focusft_rope_scaling.json"  # --rope_scaling of the run that trained the adapter
 
 
 def is_adapter_dir(path: str | None) -> bool:
@@ -32,15 +36,33 @@ def base_of_adapter(path: str) -> str:
     return base
 
 
-def load_base(path: str, **load_kwargs):
+def recorded_scaling(path: str) -> dict | None:
+    """The RoPE scaling the adapter at `path` was trained under (``ROPE_FILE``), else None."""
+    from focusft.sources.rope_scaling import parse
+
+    file = Path(path).expanduser() / ROPE_FILE
+    if not file.is_file():
+        return None
+    try:
+        return parse(json.loads(file.read_text()), f"--model {path}: {ROPE_FILE}")
+    except json.JSONDecodeError as err:
+        raise UserError(f"--model {path}: {ROPE_FILE} is not valid JSON ({err})") from None
+
+
+def load_base(path: str, rope_scaling: dict | None = None, **load_kwargs):
     """The adapter's base model (``load_kwargs`` go to ``from_pretrained``, ``dtype`` as a
-    string; a GGUF base takes only the dtype: it cannot be quantized again)."""
+    string; a GGUF base takes only the dtype: it cannot be quantized again), its config under
+    `rope_scaling`, else the scaling the adapter recorded (``ROPE_FILE``)."""
     from transformers import AutoModelForCausalLM
 
-    from focusft.sources import gguf_file
+    from focusft.sources import gguf_file, rope_scaling as rope
 
     base, flag = base_of_adapter(path), f"--model {path}: its base"
+    scaling = rope_scaling or recorded_scaling(path)
     if (file := gguf_file.find(base, flag)) is None:
+        if scaling:  # read and refused before any weight loads
+            load_kwargs["config"] = rope.scaled(rope.config_of(
+                base, flag, load_kwargs.get("trust_remote_code", False)), scaling)
         try:
             return AutoModelForCausalLM.from_pretrained(base, **load_kwargs)
         except (OSError, ValueError) as err:
@@ -49,7 +71,9 @@ def load_base(path: str, **load_kwargs):
     if "quantization_config" in load_kwargs:  # the same refusal as for a GGUF --model
         raise UserError(f"--model {path}: its base is the GGUF file {file}, which "
                         "--load_in_4bit / --load_in_8bit cannot re-quantize; drop the flag")
-    return gguf_file.load(file, load_kwargs.get("dtype", "float32"), flag)[0]
+    if scaling:
+        rope.scaled(gguf_file.read_config(file, flag), scaling)
+    return gguf_file.load(file, load_kwargs.get("dtype", "float32"), flag, rope_scaling=scaling)[0]
 
 
 def load_merged(path: str, dtype: str = "float32"):

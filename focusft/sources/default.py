@@ -393,11 +393,15 @@ def default_model_config(tokenizer):
     )
 
 
-def build_default_model(tokenizer, seed: int = 0):
+def build_default_model(tokenizer, seed: int = 0, rope_scaling: dict | None = None):
     import torch
     from transformers import Qwen2ForCausalLM
 
     config = default_model_config(tokenizer)
+    if rope_scaling:  # --rope_scaling (focusft.sources.rope_scaling)
+        from focusft.sources.rope_scaling import scaled
+
+        config = scaled(config, rope_scaling)
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     return Qwen2ForCausalLM(config)

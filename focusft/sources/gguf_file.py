@@ -170,8 +170,22 @@ def load_tokenizer(file: Path, flag: str = "--model"):
                         ) from None
 
 
-def load(file: Path, dtype: str = "float32", flag: str = "--model"):
-    """(plain model, tokenizer, info) from a GGUF file, dequantized to `dtype` (see docstring)."""
+def read_config(file: Path, flag: str = "--model"):
+    """The model config stored in the file's metadata (no tensor is read)."""
+    from transformers import AutoConfig
+
+    inspect(file, flag)
+    try:
+        return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
+    except (ValueError, NotImplementedError, KeyError, OSError) as err:
+        raise UserError(f"{flag} {file}: transformers cannot read the config of this GGUF file "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                        ) from None
+
+
+def load(file: Path, dtype: str = "float32", flag: str = "--model", rope_scaling: dict | None = None):
+    """(plain model, tokenizer, info) from a GGUF file, dequantized to `dtype` (see docstring);
+    `rope_scaling` (``focusft.sources.rope_scaling``) goes into the plain model's config."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -186,17 +200,22 @@ def load(file: Path, dtype: str = "float32", flag: str = "--model"):
         raise UserError(f"{flag} {file}: transformers cannot load this GGUF file "
                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
                         ) from None
-    return plain_model(quantized, dtype), tokenizer, info
+    return plain_model(quantized, dtype, rope_scaling), tokenizer, info
 
 
-def plain_model(quantized, dtype: str = "float32"):
-    """The same weights in a model built from the config without ``quantization_config``."""
+def plain_model(quantized, dtype: str = "float32", rope_scaling: dict | None = None):
+    """The same weights in a model built from the config without ``quantization_config``
+    (and with `rope_scaling` in it, when given)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     config = quantized.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
+    if rope_scaling:
+        from focusft.sources.rope_scaling import scaled
+
+        config = scaled(config, rope_scaling)
     config.name_or_path = str(quantized.config.name_or_path or "")
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
     missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)

@@ -109,12 +109,13 @@ def is_peft_model(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def load_adapter_model(path: str, cfg, **load_kwargs):
-    """An adapter directory, loaded trainable on its base (quantized as the flags ask)."""
+def load_adapter_model(path: str, cfg, rope_scaling: dict | None = None, **load_kwargs):
+    """An adapter directory, loaded trainable on its base (quantized as the flags ask; its
+    config under `rope_scaling`, else the scaling the adapter recorded)."""
     require("peft", f"--model {path} (a PEFT adapter directory)")
     from peft import PeftModel
 
-    base = load_base(path, **load_kwargs)
+    base = load_base(path, rope_scaling, **load_kwargs)
     if getattr(base, "is_loaded_in_8bit", False) or getattr(base, "is_loaded_in_4bit", False):
         base = _prepare_kbit(base, cfg)
     return PeftModel.from_pretrained(base, path, is_trainable=True)
@@ -144,18 +145,22 @@ def _prepare_kbit(model, cfg):
         gradient_checkpointing_kwargs=cfg.gradient_checkpointing_kwargs)
 
 
-def save_merged(model, directory: str) -> None:
-    """A plain model: the adapter merged into the base (an unquantized copy of it if k-bit)."""
+def save_merged(model, directory: str, rope_scaling: dict | None = None) -> None:
+    """A plain model: the adapter merged into the base (an unquantized copy of it if k-bit,
+    loaded under `rope_scaling` as the quantized base was)."""
     import copy
 
     if _is_quantized(model):
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
+        from focusft.sources import rope_scaling as rope
+
         base_path = model.peft_config[model.active_adapter].base_model_name_or_path
         adapter = Path(directory) / "_adapter"
         model.save_pretrained(str(adapter))
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        scaled = {"config": rope.scaled(rope.config_of(base_path), rope_scaling)} if rope_scaling else {}
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32, **scaled)
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
         import shutil
 

@@ -19,6 +19,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from focusft.errors import UserError
+from focusft.sources import rope_scaling
 
 CHOICES = {
     "method": ("focusft", "sft"),
@@ -54,6 +55,13 @@ class FocusConfig(TrainingArguments):
     eval_data: str | None = field(default=None, metadata=_several(
         "Optional held-out data, same formats."))
     max_length: int = field(default=4096, metadata=_help("Maximum tokens per sample."))
+    rope_scaling: dict | str | None = field(default=None, metadata=_help(
+        "RoPE scaling applied to the model's config before it is built, to train past its native "
+        "window: a JSON object ('{\"rope_type\": \"yarn\", \"factor\": 4.0}') or key=value pairs "
+        "(type=yarn,factor=4; rope_type=linear,factor=2). Types: transformers' (linear, dynamic, "
+        "yarn, longrope, llama3, ...), each with its keys (llama3: low_freq_factor, "
+        "high_freq_factor); yarn's original_max_position_embeddings defaults to the model's "
+        "max_position_embeddings. Saved in final/config.json. Unset: the model's own."))
     truncation: str = field(default="error", metadata=_help(
         "Samples longer than --max_length: error | left (drop the start) | right (drop the end)."))
     packing: bool = field(default=False, metadata=_help(
@@ -180,6 +188,7 @@ class FocusConfig(TrainingArguments):
 
     def __post_init__(self):
         _gather_lists(self)
+        self.rope_scaling = rope_scaling.parse(self.rope_scaling)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"--{name} must be one of {' | '.join(allowed)}, got {getattr(self, name)!r}")

@@ -54,7 +54,22 @@ def resolve_model(model, tokenizer, cfg: FocusConfig):
     if tokenizer is None:
         raise UserError("processing_class: pass the tokenizer of the model (it renders the chat "
                         "template and pads); only a model given by name brings its own")
+    if cfg.rope_scaling:
+        _check_built_scaling(model, cfg.rope_scaling)
     return model, tokenizer
+
+
+def _check_built_scaling(model, scaling: dict) -> None:
+    """A model passed built must already carry rope_scaling: focusft applies it only to the
+    config of a model it builds itself."""
+    from focusft.sources import rope_scaling
+
+    config = getattr(model, "config", None)
+    if config is None or rope_scaling.scaled(config, scaling).rope_parameters != config.rope_parameters:
+        raise UserError(f"rope_scaling {scaling}: the model was passed already built, so its "
+                        "rotary embedding cannot be changed; pass the model by name (it is then "
+                        "built under the scaling) or build it from a config with these "
+                        "rope_parameters")
 
 
 def prepare_dataset(data, tokenizer, cfg: FocusConfig, name: str):

@@ -8,6 +8,8 @@ front matter is the Hub's model-card metadata.
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from focusft.training.config import FocusConfig
@@ -41,7 +43,7 @@ Fine-tuned from **{base}** with **{_method(cfg)}** using
 [focusft](https://arxiv.org/abs/2605.09932) (FocuSFT: bilevel, dilution-aware long-context SFT).
 {_weights(cfg)}
 {_method_text(cfg)}
-
+{_rope(cfg, adapter)}
 ## Data
 
 Training data: `{cfg.data or "the embedded default's generated rows"}`.
@@ -73,6 +75,19 @@ def _weights(cfg: FocusConfig) -> str:
 
     note = provenance(cfg.model)
     return f"\nBase weights: {note}.\n" if note else ""
+
+
+def _rope(cfg: FocusConfig, adapter: bool) -> str:
+    """A paragraph on --rope_scaling, when the run used it."""
+    if not cfg.rope_scaling:
+        return ""
+    from focusft.sources.rope_scaling import describe
+
+    where = ("`focusft_rope_scaling.json` (load the base with these `rope_parameters` before the "
+             "adapter; `focusft eval` does)") if adapter else \
+        "`config.json` (`rope_parameters`), so transformers applies it when loading"
+    return (f"\nRoPE scaling: **{describe(cfg.rope_scaling)}** (`--rope_scaling "
+            f"'{json.dumps(cfg.rope_scaling)}'`), trained with it and recorded in {where}.\n")
 
 
 def _title(cfg: FocusConfig) -> str:

@@ -132,7 +132,7 @@ def save_final(trainer, tokenizer, cfg: FocusConfig, metrics: dict | None = None
     adapter = adapters.is_peft_model(trainer.model) and not cfg.merge_adapter
     if cfg.merge_adapter and adapters.is_peft_model(trainer.model):
         if main:  # the merge copies the full model (refused under ZeRO-3 by check_engine)
-            adapters.save_merged(trainer.model, str(staging))
+            adapters.save_merged(trainer.model, str(staging), cfg.rope_scaling)
     else:
         # With PEFT: the adapter (adapter_config.json + weights). _internal_call: no push of
         # output_dir from here; --push_to_hub uploads final/ once it is complete (push_final).
@@ -140,6 +140,10 @@ def save_final(trainer, tokenizer, cfg: FocusConfig, metrics: dict | None = None
     if main:
         tokenizer.save_pretrained(str(staging))
         (staging / "focusft.yaml").write_text(cfg.to_yaml())
+        if adapter and cfg.rope_scaling:  # the base's config.json does not carry it
+            from focusft.sources.adapter_dir import ROPE_FILE
+
+            (staging / ROPE_FILE).write_text(json.dumps(cfg.rope_scaling, indent=2) + "\n")
         from focusft.sources.pretrained import SOURCE_FILE, lineage_record
 
         if (lineage := lineage_record(cfg.model)) is not None:  # e.g. a dequantized GGUF base

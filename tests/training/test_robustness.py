@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 from chat_fixtures import chatml_tokenizer, prefix_breaking_tokenizer
 from focusft.cli import main
@@ -54,6 +54,9 @@ def models(tmp_path_factory):
     (root / "pickle_adapter" / "adapter_config.json").write_text(
         json.dumps({"base_model_name_or_path": str(root / "model"), "peft_type": "LORA"}))
     (root / "pickle_adapter" / "adapter_model.bin").write_bytes(b"not read")
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4,
+                               n_positions=512)).save_pretrained(root / "gpt2")  # no RoPE
+    tok.save_pretrained(root / "gpt2")
     cfg.vocab_size = 64  # fewer embedding rows than the tokenizer has tokens
     Qwen2ForCausalLM(cfg).save_pretrained(root / "small_vocab")
     tok.save_pretrained(root / "small_vocab")
@@ -286,6 +289,17 @@ def test_yaml_list_for_a_scalar_key(run):
 def test_bad_model_dirs(run, model, fragment):
     code, err = run([OK], model=model)
     assert_refused(run, code, err, f"--model {run.models / model}", fragment)
+
+
+@pytest.mark.parametrize("value, model, fragment", [
+    ("type=wobble,factor=4", "model", "unknown type 'wobble'"),
+    ("type=yarn,factor=1", "model", "factor must be a number > 1"),
+    ("type=llama3,factor=8,low_freq_factor=1", "model", "Missing required keys"),
+    ("type=yarn,factor=4", "gpt2", "the model (gpt2) has no rotary position embedding"),
+])
+def test_bad_rope_scaling(run, value, model, fragment):
+    code, err = run([OK], "--rope_scaling", value, model=model)
+    assert_refused(run, code, err, "--rope_scaling ", fragment)
 
 
 def test_tokenizer_without_chat_template(run):
