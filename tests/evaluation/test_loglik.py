@@ -95,3 +95,13 @@ def test_mcnemar_matches_scipy_binomial_test():
     for n10, n01 in [(3, 9), (15, 4), (7, 7), (0, 5)]:
         want = scipy.binomtest(n10, n10 + n01, 0.5).pvalue
         assert mcnemar_exact(n10, n01) == pytest.approx(want, rel=1e-9)
+
+
+def test_eval_cost_measures_both_ways(tmp_path, capsys):
+    from chat_fixtures import save_chat_model
+    from focusft.experiments import eval_cost
+
+    model = save_chat_model(tmp_path / "m", layers=2, positions=2048)
+    assert eval_cost.main(["--model", str(model), "--lengths", "0k", "--rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0k | 2 |" in out and "loglik / generate" in out
