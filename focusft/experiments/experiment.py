@@ -120,18 +120,15 @@ def run_real(cfg: ExperimentConfig, command: str, log=print) -> dict:
     data, probe, longest = real.write_data(cfg, tokenizer)
     selection = (real.select_inner(cfg, data, probe, longest + 8, log) if cfg.select
                  else {"chosen": list(cfg.select_grid[0]), "points": {}})
-    runs = real.train_cells(cfg, data, probe, longest + 8, real.cell_flags(selection), log)
-    scores, eval_seconds = real.score_all(cfg, base, runs, log)
-    probes = {"trained": probe, "long": str(Path(probe).with_name("probe_long.jsonl"))}
+    runs, done = real.run_cells(cfg, base, data, probe, longest + 8, selection, tokenizer, log)
+    scores, eval_seconds, attention, leakage = real.collect(done)
     summary = {"config": asdict(cfg), "command": command, "commit": git_commit(),
                "dirty": git_dirty(), "base": base, "base_source": real.base_source(base),
-               "longest_train_tokens": longest, "selection": selection,
-               "runs": runs,
+               "longest_train_tokens": longest, "selection": selection, "runs": runs,
                "cells": factorial.cell_table(scores),
                "decomposition": factorial.decomposition(scores, cfg.real_eval_lengths),
                "discordance": factorial.discordance(scores), "eval_seconds": eval_seconds,
-               "attention": real.attention_at(cfg, base, runs, probes, log),
-               "leakage": real.leakage(cfg, base, runs, selection, log),
+               "attention": attention, "leakage": leakage,
                "total_seconds": round(time.perf_counter() - start, 1)}
     summary["cumulative_seconds"] = real.cumulative_seconds(summary)
     text = json.dumps(summary, indent=2, default=str)

@@ -47,6 +47,7 @@ CELL_FLAGS = {"sft-causal": ["--method", "sft", "--attention", "causal"],
               "focusft-causal": [*RESPONSE, "--attention", "causal"],
               "focusft-glm": [*RESPONSE, "--attention", "glm"]}
 INFERENCE = {"causal": "causal", "glm": "prefix"}  # training mask -> inference mask
+PROBES = {"trained": "probe.jsonl", "long": "probe_long.jsonl"}  # attention probes (out/data/)
 
 
 def resolve_base(cfg: ExperimentConfig, log) -> str:
@@ -121,8 +122,9 @@ def select_inner(cfg: ExperimentConfig, data: str, probe: str, max_length: int, 
                             "--warmup_steps": str(max(1, cfg.select_steps // 10)),
                             "--diagnostics_steps": "0"})  # no attention probe here
         args += ["--eval_strategy", "steps", "--eval_steps", str(cfg.select_steps)]
-        log(f"select {name}")
-        result = train_one(args, log)
+        done = Path(args[args.index("--output_dir") + 1]) / "result.json"
+        log(f"select {name}")  # a finished point needs only its record, not its weights
+        result = json.loads(done.read_text()) if done.exists() else train_one(args, log)
         points[name] = {"k": k, "lr": lr, "eval_loss": result.get("eval_loss"),
                         "train_loss": result["train_loss"], "history": result.get("history", []),
                         "wall_seconds": result.get("wall_seconds")}
@@ -149,30 +151,66 @@ def cell_flags(selection: dict) -> dict[str, list[str]]:
 
 
 def train_cells(cfg: ExperimentConfig, data: str, probe: str, max_length: int, flags: dict,
-                log) -> dict:
-    """{"cell|seed": result} of every cell and seed (identical budget and data order)."""
+                finish, log) -> dict:
+    """{"cell|seed": result} of every cell and seed (identical budget and data order). Each run
+    is finished (``finish(name, seed, result)``: scored, attention, leakage; all cached) right
+    after it trains, so a finished run needs its checkpoint no more: a run whose result.json
+    and finished outputs exist is read back even without its final/ weights."""
     from focusft.experiments.runs import train_flags, train_one
 
     runs = {}
     for seed in cfg.seeds:
         for name, cell in flags.items():
-            log(f"train {name} seed {seed}")
-            result = train_one(train_flags(cfg, name, seed, data, probe, max_length, cell), log)
+            args = train_flags(cfg, name, seed, data, probe, max_length, cell)
+            result = _finished(cfg, name, seed, args)
+            if result is None:
+                log(f"train {name} seed {seed}")
+                result = train_one(args, log)
+                log(f"  {name} seed {seed}: loss {result['train_loss']:.4f}, "
+                    f"{result.get('wall_seconds')} s")
+            finish(name, seed, result)
             runs[f"{name}|{seed}"] = result
-            log(f"  {name} seed {seed}: loss {result['train_loss']:.4f}, "
-                f"{result.get('wall_seconds')} s")
     return runs
 
 
-def models(base: str, runs: dict) -> list[tuple[str, int | None, str, list[str]]]:
-    """(name, seed, path, inference masks): the base under both masks, each cell under its own."""
-    out = [(BASE, None, base, ["causal", "prefix"])]
-    for key, run in runs.items():
-        name, seed = key.split("|")
-        flags = run["flags"]
-        out.append((name, int(seed), run["checkpoint"],
-                    [INFERENCE[flags[flags.index("--attention") + 1]]]))
-    return out
+def _finished(cfg: ExperimentConfig, name: str, seed: int, args: list[str]) -> dict | None:
+    """The recorded result of a run whose outputs are all cached, else None."""
+    out = Path(args[args.index("--output_dir") + 1])
+    if not (out / "result.json").exists() or not all(p.exists() for p in outputs(cfg, name, seed)):
+        return None
+    result = json.loads((out / "result.json").read_text())
+    return {**result, "flags": args, "diagnostics": read_jsonl(out / "diagnostics.jsonl")}
+
+
+def outputs(cfg: ExperimentConfig, name: str, seed: int | None) -> list[Path]:
+    """The cached outputs of one model: its scores, its attention on each probe, and (base and
+    first seed) its leakage probe."""
+    tag = (name if seed is None else f"{name}-seed{seed}").replace(" ", "_")
+    out = Path(cfg.out)
+    paths = [out / "eval" / f"{tag}.json"]
+    paths += [out / "attention" / f"{tag}-{probe}.json" for probe in PROBES]
+    if seed in (None, cfg.seeds[0]):
+        paths.append(out / "leakage" / f"{name.replace(' ', '_')}.json")
+    return paths
+
+
+def run_cells(cfg: ExperimentConfig, base: str, data: str, probe: str, max_length: int,
+              selection: dict, tokenizer, log) -> tuple[dict, dict]:
+    """(runs, finished outputs): the base finished under both masks, then every cell trained
+    and finished under its training mask's inference mask."""
+    rows, done = heldout_rows(cfg, tokenizer), {}
+    done[(BASE, None)] = finish_model(cfg, rows, selection, BASE, None, base, ["causal", "prefix"])
+    log("  base scored")
+
+    def finish(name: str, seed: int, result: dict) -> None:
+        flags = result["flags"]
+        mask = INFERENCE[flags[flags.index("--attention") + 1]]
+        done[(name, seed)] = finish_model(cfg, rows, selection, name, seed, result["checkpoint"],
+                                          [mask])
+        log(f"  {name} seed {seed} scored")
+
+    runs = train_cells(cfg, data, probe, max_length, cell_flags(selection), finish, log)
+    return runs, done
 
 
 # --------------------------------------------------------------------------- 4. evaluation
@@ -208,57 +246,56 @@ def score_model(path: str, rows_by_seed: dict, seeds: list[int], masks: list[str
     return out
 
 
-def score_all(cfg: ExperimentConfig, base: str, runs: dict, log) -> tuple[dict, dict]:
-    """({"name [mask]": {seed: records}}, {"name [mask]": seconds}), every model cached in
-    out/eval/."""
-    from focusft.evaluation.runner import load_checkpoint
+def finish_model(cfg: ExperimentConfig, rows: dict, selection: dict, name: str,
+                 seed: int | None, path: str, masks: list[str]) -> dict:
+    """Scores, attention and leakage of one model, each cached at `outputs`' paths."""
+    scores_path, *attention_paths = outputs(cfg, name, seed)
+    seeds = cfg.seeds if seed is None else [seed]
+    done = {"scores": _cached(scores_path, lambda: score_model(path, rows, seeds, masks))}
+    done["attention"] = {probe: _cached(p, lambda probe=probe: attention_of(cfg, path, probe))
+                         for probe, p in zip(PROBES, attention_paths)}
+    if len(attention_paths) > len(PROBES):  # the leakage probe: base and first seed
+        done["leakage"] = _cached(attention_paths[-1], lambda: leakage_of(cfg, path, selection))
+    return done
 
-    _, tokenizer = load_checkpoint(base)
-    rows = heldout_rows(cfg, tokenizer)
-    scores, seconds = {}, {}
-    for name, seed, path, masks in models(base, runs):
-        seeds = cfg.seeds if seed is None else [seed]
-        tag = name if seed is None else f"{name}-seed{seed}"
-        done = _cached(Path(cfg.out) / "eval" / f"{tag.replace(' ', '_')}.json",
-                       lambda: score_model(path, rows, seeds, masks))
-        for mask, entry in done.items():
-            cell = scores.setdefault(f"{name} [{mask}]", {})
-            cell.update({int(s): recs for s, recs in entry["records"].items()})
-            seconds[f"{name} [{mask}]"] = seconds.get(f"{name} [{mask}]", 0) + entry["seconds"]
-        log(f"  scored {tag}")
-    return scores, seconds
+
+def collect(done: dict) -> tuple[dict, dict, dict, dict]:
+    """(scores {"name [mask]": {seed: records}}, seconds {"name [mask]": s}, attention
+    {probe: {name: {mask: {metric: per-layer mean over seeds}}}}, leakage {name: ...}) from
+    {(name, seed): finish_model's result}."""
+    from collections import defaultdict
+
+    scores, seconds, leak = {}, defaultdict(float), {}
+    layers: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(lambda: defaultdict(list))))
+    for (name, seed), out in done.items():
+        for mask, entry in out["scores"].items():
+            scores.setdefault(f"{name} [{mask}]", {}).update(
+                {int(s): recs for s, recs in entry["records"].items()})
+            seconds[f"{name} [{mask}]"] += entry["seconds"]
+        for probe, by_mask in out["attention"].items():
+            for mask, metrics in by_mask.items():
+                for metric, values in metrics.items():
+                    layers[probe][name][mask][metric].append(values)
+        if "leakage" in out:
+            leak[name] = out["leakage"]
+    attention = {probe: {name: {mask: {metric: [sum(v) / len(v) for v in zip(*seeds)]
+                                       for metric, seeds in metrics.items()}
+                                for mask, metrics in masks.items()}
+                         for name, masks in by_name.items()} for probe, by_name in layers.items()}
+    return scores, dict(seconds), attention, leak
 
 
 # --------------------------------------------------------------------------- 5. attention
-def attention_at(cfg: ExperimentConfig, base: str, runs: dict, probe_paths: dict, log) -> dict:
-    """{probe: {model: {mask: {metric: [per-layer values, mean over seeds]}}}}, cached."""
-    from collections import defaultdict
-
+def attention_of(cfg: ExperimentConfig, path: str, probe: str) -> dict:
+    """{mask: {metric: per-layer values}} of one model on a probe's rows, causal and GLM."""
     from focusft.diagnostics import measure
     from focusft.diagnostics.evidence import probe_batch
     from focusft.evaluation.runner import load_checkpoint
 
-    def make(path, rows):
-        model, tokenizer = load_checkpoint(path)
-        batch = probe_batch(tokenizer, rows, "probe", tokenizer.pad_token_id)
-        return {mask: measure(model, batch, mask).layer_means() for mask in ("causal", "glm")}
-
-    out: dict = {}
-    for probe, path_of_rows in probe_paths.items():
-        rows = read_jsonl(Path(path_of_rows))
-        acc: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-        for name, seed, path, _ in models(base, runs):
-            tag = f"{name if seed is None else f'{name}-seed{seed}'}-{probe}".replace(" ", "_")
-            layers = _cached(Path(cfg.out) / "attention" / f"{tag}.json",
-                             lambda path=path: make(path, rows))
-            for mask, metrics in layers.items():
-                for metric, values in metrics.items():
-                    acc[name][mask][metric].append(values)
-        out[probe] = {name: {mask: {metric: [sum(v) / len(v) for v in zip(*seeds)]
-                                    for metric, seeds in metrics.items()}
-                             for mask, metrics in masks.items()} for name, masks in acc.items()}
-        log(f"attention measured on the {probe} probe rows")
-    return out
+    model, tokenizer = load_checkpoint(path)
+    rows = read_jsonl(Path(cfg.out) / "data" / PROBES[probe])
+    batch = probe_batch(tokenizer, rows, "probe", tokenizer.pad_token_id)
+    return {mask: measure(model, batch, mask).layer_means() for mask in ("causal", "glm")}
 
 
 # --------------------------------------------------------------------------- 6. leakage
@@ -274,24 +311,16 @@ def wrong_answer_rows(rows: list[dict], seed: int) -> list[dict]:
     return out
 
 
-def leakage(cfg: ExperimentConfig, base: str, runs: dict, selection: dict, log) -> dict:
-    """{model: {"response": {"before": nll, "after": nll, ...}}} on wrong-answer validation rows,
-    the first seed's checkpoints and the base."""
+def leakage_of(cfg: ExperimentConfig, path: str, selection: dict) -> dict:
+    """{"response": {"before": nll, "after": nll, ...}} of one model on wrong-answer
+    validation rows (qa1-qa3)."""
     from focusft.evaluation.runner import load_checkpoint
 
     rows = read_jsonl(Path(cfg.out) / "data" / "validation.jsonl")
     rows = wrong_answer_rows([r for r in rows if r["task"] in ("qa1", "qa2", "qa3")]
                              [: cfg.leakage_samples], cfg.data_seed)
-    first = {k: r for k, r in runs.items() if k.endswith(f"|{cfg.seeds[0]}")}
-    out = {}
-    for name, _, path, _ in models(base, first):
-        def make(path=path):
-            model, tokenizer = load_checkpoint(path)
-            return {"response": wrong_answer_nll(model, tokenizer, rows, "response",
-                                                 *selection["chosen"])}
-        out[name] = _cached(Path(cfg.out) / "leakage" / f"{name.replace(' ', '_')}.json", make)
-    log("leakage probe done")
-    return out
+    model, tokenizer = load_checkpoint(path)
+    return {"response": wrong_answer_nll(model, tokenizer, rows, "response", *selection["chosen"])}
 
 
 def wrong_answer_nll(model, tokenizer, rows: list[dict], objective: str, k: int, lr: float) -> dict:

@@ -1,6 +1,7 @@
 """`focusft experiment --smoke` end to end: base, four methods, eval, leakage probe, report."""
 
 import json
+import shutil
 
 from focusft.cli import main
 from focusft.experiments.plan import METHODS
@@ -173,9 +174,12 @@ def test_real_task_smoke_runs_the_2x2_scores_by_likelihood_and_resumes(tmp_path)
     from focusft.experiments import real_report
     report.unlink()
     assert real_report.main([str(report.with_suffix(".json"))]) == 0 and report.read_text() == text
-    # a rerun reuses every finished run and scored model: nothing is retrained or rescored
+    # a rerun reuses every finished run and scored model: nothing is retrained or rescored,
+    # even where the weights are gone (a finished run needs only its records)
     stamp = (out / "runs" / "focusft-glm-seed0" / "result.json").stat().st_mtime_ns
     scored = (out / "eval" / "sft-glm-seed1.json").stat().st_mtime_ns
+    for run in (out / "runs").iterdir():
+        shutil.rmtree(run / "final")
     assert main(args) == 0
     assert (out / "runs" / "focusft-glm-seed0" / "result.json").stat().st_mtime_ns == stamp
     assert (out / "eval" / "sft-glm-seed1.json").stat().st_mtime_ns == scored
