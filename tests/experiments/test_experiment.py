@@ -68,13 +68,17 @@ def test_overrides_mark_the_run_reduced():
 
 
 def test_retired_pretrain_says_so_and_names_the_commit(capsys):
+    import pytest
+
     from focusft.commands.pretrain import LAST_COMMIT
 
     assert main(["pretrain", "--output_dir", "runs/base", "--recipe", "sinks"]) == 2
     err = capsys.readouterr().err
     assert "focusft pretrain: error: this command was retired" in err
     assert LAST_COMMIT in err and "docs/history.md" in err
-    assert main(["experiment", "--task", "long"]) == 2  # argparse: not a choice any more
+    with pytest.raises(SystemExit) as exit_:  # argparse: not a choice any more
+        main(["experiment", "--task", "long"])
+    assert exit_.value.code == 2
 
 
 def test_real_task_smoke_runs_the_2x2_scores_by_likelihood_and_resumes(tmp_path):
