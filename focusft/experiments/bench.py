@@ -32,7 +32,7 @@ peak-memory reading starts clean and an out-of-memory kill costs one cell, not t
   bytes the step left allocated (0 for a step that frees what it made: anything else grows
   with every step).
 
-The parent writes ``benchmark.json`` and ``benchmark.md`` (see `render_markdown`).
+The parent writes ``benchmark.json`` and ``benchmark.md`` (`focusft.experiments.bench_report`).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def machine_info(spec: BenchSpec) -> dict:
 
 
 def run_benchmark(spec: BenchSpec, command: str, log=print) -> dict:
-    """Run the sweep and assemble the report (see `focusft.commands.bench` for writing it)."""
+    """Run the sweep and assemble the report (`focusft.experiments.bench_report` writes it)."""
     from focusft.core.models import adapted_layer_indices
 
     load_start = os.getloadavg()

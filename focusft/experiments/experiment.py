@@ -4,8 +4,7 @@ Pipeline (every step is an existing focusft function; nothing here re-implements
 
 1. base: ``--base DIR``; else the embedded default model, randomly initialised from each
    training seed (``scratch``: every method of a seed starts from the same weights), saved for
-   seed 0 as out/base for the reference rows; ``--base pretrain`` makes a `focusft.experiments.pretrain`
-   checkpoint (out/base) instead.
+   seed 0 as out/base for the reference rows.
 2. data: the embedded default's task (one fact hidden in distractor prose, "Where is X?"),
    ``train_samples`` rows ordered from the shortest context to the longest (the curriculum the
    tiny model needs to learn at all), written to out/data/train.jsonl and trained in order.
@@ -44,7 +43,6 @@ from pathlib import Path
 
 from focusft.errors import UserError
 from focusft.experiments import locate
-from focusft.experiments import long as long_task
 from focusft.experiments import real, real_report
 from focusft.experiments import report
 from focusft.experiments.plan import METHODS, ExperimentConfig
@@ -75,35 +73,27 @@ def run_experiment(cfg: ExperimentConfig, command: str, log=print) -> dict:
     unknown = [m for m in cfg.methods if m not in METHODS]
     if unknown:
         raise UserError(f"--methods: unknown method(s) {unknown}; expected some of {list(METHODS)}")
-    if cfg.task not in ("locate", "long", "real"):
-        raise UserError(f"--task {cfg.task!r}: expected 'locate', 'long' or 'real'")
+    if cfg.task not in ("locate", "real"):
+        raise UserError(f"--task {cfg.task!r}: expected 'locate' or 'real'")
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if cfg.task == "real":
         return run_real(cfg, command, log)
-    t0 = time.perf_counter()
     base = make_base(cfg, log)
-    pretrain_seconds = round(time.perf_counter() - t0, 1)
     _, tokenizer = load_checkpoint(base)
-    task = long_task if cfg.task == "long" else locate
-    data, probe, longest = task.write_data(cfg, tokenizer)
+    data, probe, longest = locate.write_data(cfg, tokenizer)
     runs = train_all(cfg, data, probe, longest + 8, log)
-    accuracy, probes = task.evaluate(cfg, base, runs, log)
+    accuracy, probes = locate.evaluate(cfg, base, runs, log)
     summary = {"config": asdict(cfg), "command": command, "commit": git_commit(),
-               "dirty": git_dirty(), "base": base, "pretrain_seconds": pretrain_seconds,
+               "dirty": git_dirty(), "base": base,
                "longest_train_tokens": longest, "runs": runs, "accuracy": accuracy,
                "probes": probes, "final_attention": final_attention(cfg, base, runs, probe),
                "total_seconds": round(time.perf_counter() - start, 1)}
-    base_meta = Path(base) / "pretrain.json"
-    if base_meta.exists():
-        meta = json.loads(base_meta.read_text())
-        summary["pretrain"] = {k: meta.get(k) for k in ("recipe", "steps", "final_loss", "seconds",
-                                                       "tokens", "parameters", "config", "sinks")}
     text = json.dumps(summary, indent=2, default=str)
     (Path(cfg.out) / "experiment.json").write_text(text)
     path = Path(cfg.report)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_suffix(".json").write_text(text)  # every number of the report, machine-readable
-    (long_task if cfg.task == "long" else report).write_markdown(summary, path)
+    report.write_markdown(summary, path)
     return summary
 
 

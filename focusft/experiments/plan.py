@@ -22,27 +22,11 @@ METHODS: dict[str, list[str]] = {
 BASE = "base (no SFT)"
 
 
-def sweep_methods(objective: str) -> dict[str, list[str]]:
-    base = ["--method", "focusft", "--attention", "glm", "--inner_objective", objective]
-    name = "focusft" if objective == "response" else "focusft-context"
-    return {f"{name}-k1": base + ["--inner_steps", "1"],
-            f"{name}-k4": base + ["--inner_steps", "4"],
-            f"{name}-lr0.3": base + ["--inner_lr", "0.3"],
-            f"{name}-lr3": base + ["--inner_lr", "3.0"]}
-
-
-def all_methods(cfg) -> dict[str, list[str]]:
-    """The main methods, plus the K / inner-lr sweep of --task long (first seed only)."""
-    if cfg.task != "long" or not cfg.sweep:
-        return METHODS
-    return {**METHODS, **sweep_methods(cfg.sweep_objective)}
-
-
 @dataclass
 class ExperimentConfig:
     out: str = "runs/experiment"
     report: str = "docs/results.md"
-    base: str | None = None  # None / "scratch": seeded default init; "pretrain"; or a directory
+    base: str | None = None  # None / "scratch": seeded default init; or a directory
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     # training task: the embedded default's, short-to-long curriculum
@@ -66,27 +50,13 @@ class ExperimentConfig:
     ruler_lengths: list[int] = field(default_factory=lambda: [2048])
     ruler_samples: int = 10
     few_shot: bool = True
-    pretrain_steps: int = 300
-    pretrain_seq_len: int = 512
-    pretrain_batch: int = 8
     probe_samples: int = 16
     probe_steps: int = 2
     probe_lr: float = 1.0
     data_seed: int = 0
     label: str = "full"
-    # --task long (focusft.experiments.long): multi-token BABILong / RULER tasks, sink base
-    task: str = "locate"  # "locate": the embedded default's task; "long": sft_tasks
-    pretrain_recipe: str = "sinks"
+    task: str = "locate"  # "locate": the embedded default's task; "real": a real base
     haystack: str | None = None  # None: the haystack books when present
-    long_train_lengths: list[int] = field(default_factory=lambda: [0, 256, 512, 1024])
-    # trained at 1K: CWE's worked example alone needs more than that (see ruler_lengths)
-    long_ruler_tasks: list[str] = field(default_factory=lambda: ["niah_single_1", "vt"])
-    long_ruler_train_lengths: list[int] = field(default_factory=lambda: [1024])
-    long_train_samples: int = 64  # per (task, length)
-    long_eval_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
-    inference_masks: list[str] = field(default_factory=lambda: ["causal", "prefix"])
-    sweep: bool = True  # K and inner-lr sweep on the first seed (--task long)
-    sweep_objective: str = "context"
     # --task real (focusft.experiments.real): a real pretrained base, inner loop chosen on validation
     real_train_lengths: list[int] = field(default_factory=lambda: [0, 256, 512])
     real_train_samples: int = 16  # per (task, length)
@@ -115,22 +85,6 @@ PRESETS = {
                   heldout_samples=2, tasks=["qa1"], eval_lengths=[0], eval_samples=2,
                   ruler_tasks=["niah_single_1"], ruler_lengths=[512], ruler_samples=1,
                   few_shot=False, probe_samples=2, label="smoke"),
-}
-
-# --task long: per preset, what changes on top of the preset above (focusft.experiments.long).
-LONG_PRESETS = {
-    # sized to the 90-minute budget on 2 CPU cores (measured: docs/results-long.md, Cost)
-    "full": dict(base="pretrain", steps=120, batch_size=8, warmup_steps=12, diagnostics_steps=20,
-                 eval_samples=8, ruler_samples=4, pretrain_steps=1000),
-    "quick": dict(long_train_lengths=[0, 256], long_ruler_tasks=["niah_single_1"],
-                  long_ruler_train_lengths=[512], long_train_samples=8, steps=6, batch_size=8,
-                  warmup_steps=1, diagnostics_steps=3, tasks=["qa1", "qa2"],
-                  long_eval_lengths=[1024], eval_samples=4, ruler_samples=2, sweep=False,
-                  pretrain_steps=30),
-    "smoke": dict(long_train_lengths=[0], long_ruler_tasks=[], long_train_samples=2, steps=1,
-                  batch_size=2, tasks=["qa1"], long_eval_lengths=[256], eval_samples=1,
-                  inference_masks=["causal", "prefix"], sweep=False, pretrain_steps=2,
-                  pretrain_seq_len=64, pretrain_batch=2),
 }
 
 # --task real: on top of the preset above (focusft.experiments.real). The full preset's rows come
@@ -180,10 +134,7 @@ def config_from_args(args) -> ExperimentConfig:
     preset = "smoke" if getattr(args, "smoke", False) else "quick" if args.quick else "full"
     cfg = replace(ExperimentConfig(), **PRESETS[preset])
     task = getattr(args, "task", None) or "locate"
-    if task == "long":  # its own report, so it never overwrites the default task's
-        cfg = replace(cfg, task="long", report="docs/results-long.md", out="runs/experiment-long",
-                      **LONG_PRESETS[preset])
-    elif task == "real":
+    if task == "real":  # its own report, so it never overwrites the default task's
         cfg = replace(cfg, task="real", report="docs/results-real.md", out="runs/experiment-real",
                       **REAL_PRESETS[preset])
     updates = {"out": args.out, "report": args.report, "base": args.base,
@@ -201,9 +152,8 @@ def config_from_args(args) -> ExperimentConfig:
                 raise UserError(f"--{name} must be >= 1, got {value}")
             updates[name] = value
     if getattr(args, "no_sweep", False):
-        updates["sweep"] = False
         updates["select"] = False
-    reduced = {"steps", "eval_samples", "seeds", "sweep", "select", "tasks", "methods"} & set(updates)
+    reduced = {"steps", "eval_samples", "seeds", "select", "tasks", "methods"} & set(updates)
     if preset == "full" and reduced:
         updates["label"] = "reduced"  # never presented as the full run
     return replace(cfg, **{k: v for k, v in updates.items() if v is not None})

@@ -239,7 +239,6 @@ def write_markdown(summary: dict, path: Path) -> None:
                       path.parent / babi_plot, "noise tokens")
     by_method = diagnostics_by_method(summary)
     plot_diagnostics(by_method, path.parent / diag_plot)
-    pre = summary.get("pretrain") or {}
     quick = cfg["label"] != "full"
     lines = [f"# SFT vs FocuSFT in miniature ({cfg['label']} run)", ""]
     if cfg["label"] == "reduced":
@@ -249,9 +248,7 @@ def write_markdown(summary: dict, path: Path) -> None:
         lines += [f"> **This is the `{cfg['label']}` run: a tiny budget meant as a smoke test.** "
                   "Its numbers are not evidence for or against FocuSFT. The full configuration is "
                   "`focusft experiment` without `--quick`.", ""]
-    base = (f"`{summary['base']}`, pretrained {pre.get('steps')} steps ({pre.get('parameters')} "
-            f"parameters, final loss {pre.get('final_loss')})" if pre else
-            "the embedded default model (6 layers, hidden 128), randomly initialised from each "
+    base = ("the embedded default model (6 layers, hidden 128), randomly initialised from each "
             f"training seed; `{summary['base']}` holds seed {cfg['seeds'][0]}'s for the reference rows"
             if cfg["base"] in (None, "scratch") else f"`{summary['base']}`")
     lines += ["## How these numbers were made", "",

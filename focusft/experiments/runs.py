@@ -8,26 +8,17 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from focusft.experiments.plan import METHODS, ExperimentConfig, all_methods, training_mask
+from focusft.experiments.plan import METHODS, ExperimentConfig, training_mask
 from focusft.experiments.tally import checkpoints, read_jsonl
 
 
 def make_base(cfg: ExperimentConfig, log) -> str:
     """The reference base checkpoint (seed 0's starting weights), or the one given."""
     path = Path(cfg.out) / "base"
-    if cfg.base not in (None, "scratch", "pretrain"):
+    if cfg.base not in (None, "scratch"):
         return cfg.base
     if (path / "model.safetensors").exists():
         log(f"base: reusing {path}")
-        return str(path)
-    if cfg.base == "pretrain":
-        from focusft.experiments.pretrain import pretrain, recipe_config
-
-        pretrain(recipe_config(cfg.pretrain_recipe, str(path), steps=cfg.pretrain_steps,
-                               seq_len=cfg.pretrain_seq_len, batch_size=cfg.pretrain_batch,
-                               seed=cfg.data_seed, warmup=max(1, cfg.pretrain_steps // 20),
-                               sink_every=max(1, cfg.pretrain_steps // 10),
-                               haystack=cfg.haystack), log=log)
         return str(path)
     from focusft.sources import default
 
@@ -45,7 +36,7 @@ def train_flags(cfg: ExperimentConfig, method: str, seed: int, data: str, probe:
     plan) on top of the budget every method shares."""
     out = Path(cfg.out) / "runs" / f"{method}-seed{seed}"
     model = [] if cfg.base in (None, "scratch") else ["--model", make_base(cfg, lambda *_: None)]
-    flags = all_methods(cfg)[method] if flags is None else flags
+    flags = METHODS[method] if flags is None else flags
     mask = training_mask(flags)  # attention measured under the training mask, then causal
     masks = mask if mask == "causal" else f"{mask},causal"
     return [*model, "--data", data, "--output_dir", str(out), *flags,
@@ -90,16 +81,11 @@ def train_one(flags: list[str], log) -> dict:
     return result
 
 
-def train_all(cfg: ExperimentConfig, data: str, probe: str, max_length: int, log,
-              methods: dict[str, list[str]] | None = None) -> dict:
-    """Every (seed, method) of the plan; sweep points (methods outside METHODS) on the first
-    seed only. ``methods`` overrides the plan's flags per method."""
-    methods = methods or all_methods(cfg)
+def train_all(cfg: ExperimentConfig, data: str, probe: str, max_length: int, log) -> dict:
+    """Every (seed, method) of the plan."""
     runs = {}
-    jobs = [(seed, method) for seed in cfg.seeds for method in cfg.methods]
-    jobs += [(cfg.seeds[0], m) for m in methods if m not in METHODS]
-    for seed, method in jobs:
-        flags = train_flags(cfg, method, seed, data, probe, max_length, methods[method])
+    for seed, method in ((seed, method) for seed in cfg.seeds for method in cfg.methods):
+        flags = train_flags(cfg, method, seed, data, probe, max_length)
         log(f"train {method} seed {seed}")
         result = train_one(flags, log)
         runs[f"{method}|{seed}"] = result

@@ -1,4 +1,4 @@
-"""SFT tasks with multi-token answers for `focusft experiment`: BABILong qa1-qa5, RULER NIAH/VT/CWE.
+"""SFT tasks with multi-token answers for `focusft experiment --task real`: BABILong qa1-qa5.
 
 BABILong rows: a bAbI story's facts hidden in haystack noise at a length in model tokens
 (`focusft.evaluation.babilong.babilong_sample`, no worked examples), asked in a prompt whose
@@ -16,13 +16,9 @@ besides the answer, so BABILong's label rule (`scoring.babilong_correct`: exactl
 label not named in the question) still scores it, and a model cannot satisfy the loss by
 emitting one memorised word.
 
-RULER rows: `focusft.evaluation.chat.make_chat_rows("ruler", ...)` as is: the assistant turn
-is RULER's answer prefix followed by the references ("The special magic number for X
-mentioned in the provided text is 1234567.").
-
 Splits: bAbI samples are drawn from the split's own seed stream and kept only if their content
-key (`chat.babi_key`) belongs to the split (`focusft.evaluation.splits`); RULER draws its
-answers from the split's share of the answer space. Train and test never share a sample.
+key (`chat.babi_key`) belongs to the split (`focusft.evaluation.splits`). Train and test never
+share a sample.
 """
 
 from __future__ import annotations
@@ -34,7 +30,6 @@ from typing import Any
 from focusft.evaluation.babi import BabiSample
 
 BABI_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
-RULER_SFT_TASKS = ("niah_single_1", "niah_single_2", "vt", "cwe")
 FORMATS = {
     "qa1": "The most recent location of PERSON is PLACE.",
     "qa2": "The OBJECT is in the PLACE.",
@@ -111,13 +106,6 @@ def babi_rows(tasks, lengths, n: int, seed: int, split: str, tokenizer: Any = No
     return rows
 
 
-def ruler_rows(tasks, lengths, n: int, seed: int, split: str, tokenizer: Any = None,
-               haystack=None) -> list[dict]:
-    from focusft.evaluation.chat import make_chat_rows
-
-    return make_chat_rows("ruler", tasks, lengths, n, seed, split, tokenizer, haystack)
-
-
 SENTENCE_NEW_TOKENS = 32  # generation budget of a one-sentence answer (the evaluation rows' field)
 
 
@@ -128,11 +116,3 @@ def _row(suite, task, length, split, user, answer, target, question, metric, evi
             "target": target, "question": question, "references": [target], "metric": metric,
             "evidence": evidence, "answer_prefix": "", "max_new_tokens": SENTENCE_NEW_TOKENS}
 
-
-def score(row: dict, output: str) -> float:
-    """One output's score in [0, 1] by its suite's official rule."""
-    from focusft.evaluation.scoring import babilong_correct, ruler_score
-
-    if row["metric"] == "babilong":
-        return float(babilong_correct(output, row["target"], row["question"], row["task"]))
-    return ruler_score(row["metric"], [output], [row["references"]]) / 100

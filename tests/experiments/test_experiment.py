@@ -42,47 +42,6 @@ def test_experiment_smoke_writes_report(tmp_path):
         assert all(n[1] > 0 for row in rows for n in row["counts"].values())
 
 
-def test_long_task_smoke_scores_both_masks(tmp_path):
-    out, report = tmp_path / "exp", tmp_path / "docs" / "results.md"
-    code = main(["experiment", "--smoke", "--task", "long", "--base", "pretrain",
-                 "--methods", "sft-causal,focusft-context", "--out", str(out),
-                 "--report", str(report)])
-    assert code == 0
-    summary = json.loads(report.with_suffix(".json").read_text())
-    assert summary == json.loads((out / "experiment.json").read_text())
-    assert summary["pretrain"]["recipe"] == "sinks" and summary["pretrain"]["sinks"]
-    rows = summary["accuracy"]["babilong"]
-    assert set(rows) == {f"{m} [{k}]" for m in ("base (no SFT)", "sft-causal", "focusft-context")
-                         for k in ("causal", "prefix")}
-    assert all(n[1] == 1 for row in rows.values() for n in row["counts"].values())
-    assert set(summary["final_attention"]["focusft-context"]) == {"causal", "glm"}
-    flags = summary["runs"]["focusft-context|0"]["flags"]
-    assert flags[flags.index("--diagnostics_mask") + 1] == "glm,causal"
-    assert flags[flags.index("--train_sampling_strategy") + 1] == "random"
-    masks = [r["mask"] for r in summary["runs"]["focusft-context|0"]["diagnostics"]]
-    assert masks.count("glm") == masks.count("causal") >= 2  # at the start and the end
-    causal_run = summary["runs"]["sft-causal|0"]
-    assert {r["mask"] for r in causal_run["diagnostics"]} == {"causal"}
-    train = (out / "data" / "train.jsonl").read_text().splitlines()
-    assert all("The most recent location of" in json.loads(r)["messages"][1]["content"] for r in train)
-    text = report.read_text()
-    assert "sft-causal [prefix]" in text and "first-token mass / uniform" in text
-    assert "under the causal mask (the same for every method)" in text
-
-
-def test_sweep_runs_on_first_seed_only():
-    from dataclasses import replace
-
-    from focusft.experiments.plan import PRESETS, ExperimentConfig, all_methods
-
-    cfg = replace(ExperimentConfig(), task="long", seeds=[3, 4])
-    names = [m for m in all_methods(cfg) if m not in METHODS]
-    assert names == ["focusft-context-k1", "focusft-context-k4", "focusft-context-lr0.3",
-                     "focusft-context-lr3"]
-    assert all_methods(replace(cfg, sweep=False)) == METHODS
-    assert all_methods(replace(ExperimentConfig(), **PRESETS["quick"])) == METHODS
-
-
 def _args(**kw):
     import argparse
 
@@ -98,36 +57,29 @@ def test_overrides_mark_the_run_reduced():
     from focusft.errors import UserError
     from focusft.experiments.plan import config_from_args
 
-    full = config_from_args(_args(task="long"))
-    assert full.label == "full" and full.task == "long" and full.sweep
-    assert full.report == "docs/results-long.md" and full.base == "pretrain"
+    full = config_from_args(_args(task="real"))
+    assert full.label == "full" and full.task == "real" and full.select
+    assert full.report == "docs/results-real.md" and full.out == "runs/experiment-real"
     assert config_from_args(_args()).report == "docs/results.md"
-    reduced = config_from_args(_args(task="long", seeds="0", steps=5, no_sweep=True))
-    assert (reduced.label, reduced.seeds, reduced.steps, reduced.sweep) == ("reduced", [0], 5, False)
+    reduced = config_from_args(_args(task="real", seeds="0", steps=5, no_sweep=True))
+    assert (reduced.label, reduced.seeds, reduced.steps, reduced.select) == ("reduced", [0], 5, False)
     assert config_from_args(_args(quick=True, steps=3)).label == "quick"
     with pytest.raises(UserError, match="--steps"):
         config_from_args(_args(steps=0))
 
 
-def test_goal_check_reads_the_numbers():
-    from focusft.experiments.long import goal_check
+def test_retired_pretrain_says_so_and_names_the_commit(capsys):
+    import pytest
 
-    def row(points):  # 10 samples per length
-        return {"counts": {n: [p, 10] for n, p in zip((1024, 2048), points)}, "per_seed": {}}
+    from focusft.commands.pretrain import LAST_COMMIT
 
-    table = {"sft-causal [causal]": row([1, 1]), "sft-glm [causal]": row([2, 1]),
-             "focusft [causal]": row([9, 9]), "focusft-context [causal]": row([9, 3])}
-    summary = {"config": {"inference_masks": ["causal"], "long_eval_lengths": [1024, 2048]},
-               "accuracy": {"babilong": table}}
-    attention = {"sft-causal": {0: {"sink_first": 0.2, "context": 0.1}},
-                 "focusft": {0: {"sink_first": 0.2, "context": 0.1},
-                             9: {"sink_first": 0.01, "context": 0.3}},
-                 "focusft-context": {9: {"sink_first": 0.1, "context": 0.15}}}
-    lines = goal_check(summary, attention)
-    assert "focusft [causal] ahead of both SFT baselines at 2 length(s) [1024, 2048]: **met**" in lines[0]
-    assert "at 1 length(s) [1024]: **not met**" in lines[1]
-    assert "= 20.00, goal >= 10: **met**" in lines[2] and "= 3.00, goal >= 2: **met**" in lines[2]
-    assert "= 2.00, goal >= 10: **not met**" in lines[3] and "= 1.50, goal >= 2: **not met**" in lines[3]
+    assert main(["pretrain", "--output_dir", "runs/base", "--recipe", "sinks"]) == 2
+    err = capsys.readouterr().err
+    assert "focusft pretrain: error: this command was retired" in err
+    assert LAST_COMMIT in err and "docs/history.md" in err
+    with pytest.raises(SystemExit) as exit_:  # argparse: not a choice any more
+        main(["experiment", "--task", "long"])
+    assert exit_.value.code == 2
 
 
 def test_real_task_smoke_runs_the_2x2_scores_by_likelihood_and_resumes(tmp_path):
@@ -148,6 +100,9 @@ def test_real_task_smoke_runs_the_2x2_scores_by_likelihood_and_resumes(tmp_path)
             flags = summary["runs"][f"{cell}|{seed}"]["flags"]
             assert flags[flags.index("--seed") + 1] == str(seed)
             assert flags[flags.index("--attention") + 1] == cell.split("-")[1]
+            masks = "causal" if cell.endswith("causal") else "glm,causal"
+            assert flags[flags.index("--diagnostics_mask") + 1] == masks
+            assert flags[flags.index("--train_sampling_strategy") + 1] == "random"
             if cell.startswith("focusft"):
                 assert flags[flags.index("--inner_lr") + 1] == f"{best['lr']:g}"
     # each trained cell under its own mask, the base under both; 2 rows per (length) per seed

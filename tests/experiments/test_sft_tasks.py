@@ -8,7 +8,7 @@ from focusft.sources import default
 from focusft.evaluation.babi import babi_samples
 from focusft.evaluation.chat import babi_key
 from focusft.evaluation.scoring import babilong_correct
-from focusft.experiments.sft_tasks import BABI_TASKS, babi_rows, distinct_babi, ruler_rows, score, sentence_answer
+from focusft.experiments.sft_tasks import BABI_TASKS, babi_rows, distinct_babi, sentence_answer
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +52,10 @@ def test_babi_rows_hold_out_test_and_keep_lengths(tokenizer):
             assert user[a:b].endswith(".") and " " in user[a:b]
         n = len(tokenizer(user, add_special_tokens=False)["input_ids"])
         assert n <= row["length"] + 120
-        assert score(row, answer) == 1.0 and score(row, "The milk is nowhere.") == 0.0
+        assert babilong_correct(answer, row["target"], row["question"], row["task"])
+        assert not babilong_correct("The milk is nowhere.", row["target"], row["question"], row["task"])
 
 
 def sentence_answer_of(row):
     return row["messages"][1]["content"]
 
-
-def test_ruler_rows_have_multi_token_answers(tokenizer):
-    rows = ruler_rows(["niah_single_1", "vt"], [1024], 2, seed=0, split="train", tokenizer=tokenizer)
-    for row in rows:
-        answer = row["messages"][1]["content"]
-        assert len(tokenizer(answer, add_special_tokens=False)["input_ids"]) >= 8
-        assert score(row, answer) == 1.0 and score(row, "nothing") == 0.0
-    test = ruler_rows(["niah_single_1"], [512], 4, seed=0, split="test", tokenizer=tokenizer)
-    train = ruler_rows(["niah_single_1"], [512], 4, seed=0, split="train", tokenizer=tokenizer)
-    assert not {tuple(r["references"]) for r in test} & {tuple(r["references"]) for r in train}
