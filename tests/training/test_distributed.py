@@ -170,6 +170,28 @@ def test_fsdp2_sharded_step_matches_unsharded(tmp_path):
             assert_close(result["got"], result["want"], f"fsdp2 {variant} rank {rank}")
 
 
+@pytest.mark.slow
+def test_fsdp2_final_is_the_whole_model_in_plain_transformers(model_dir, tmp_path):
+    """`save_final` of a FocusTrainer whose model is FSDP2-sharded over 2 ranks (with activation
+    checkpointing, as fsdp.yaml): final/ is one safetensors model, gathered from the shards
+    (torch's full state dict on the main process), that plain transformers loads with exactly
+    the unsharded weights, wrapper names stripped."""
+    from transformers import AutoModelForCausalLM
+
+    proc = run(torchrun(str(HERE / "fsdp_worker.py"), str(tmp_path), "save", str(model_dir)))
+    assert "gathered from the FSDP shards" in proc.stderr
+    final = tmp_path / "run" / "final"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "focusft.yaml", "README.md"):
+        assert (final / name).is_file(), name
+    got = AutoModelForCausalLM.from_pretrained(final, use_safetensors=True).state_dict()
+    want = torch.load(tmp_path / "want.pt")
+    initial = safetensors_of(model_dir)
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    assert all(not torch.equal(want[name], initial[name]) for name in initial)  # not the input
+
+
 # ---------------------------------------------------------------------------------------------
 # The CLI under the launchers
 # ---------------------------------------------------------------------------------------------
