@@ -230,7 +230,8 @@ def test_torchrun_cli_outputs_complete_and_resumable(model_dir, data_file, tmp_p
              "--logging_steps", "1", "--use_cpu", "true"]
     a, b = tmp_path / "a", tmp_path / "b"
     proc = run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, a), *flags))
-    assert f"checkpoint: {a / 'final'}" in proc.stdout
+    assert proc.stdout.count("focusft train: done, 4 steps") == 1  # the main process's summary
+    assert proc.stdout.count(f"final model: {a / 'final'}") == 1
     assert sorted(p.name for p in a.iterdir()) == [
         "checkpoint-2", "checkpoint-4", "data_report.json", "final", "result.json"]
     assert json.loads((a / "result.json").read_text())["steps"] == 4
