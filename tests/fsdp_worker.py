@@ -10,11 +10,12 @@ Usage: torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT {fsdp2|fsdp1}
 Writes OUT/rank{R}-{plain|ckpt}.pt (without / with activation checkpointing): the full
 gradients of the step (and the same computed without FSDP).
 
-``torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT save MODEL_DIR``: the saved model with
-its weights moved off their initial values (the same on every rank), FSDP2-sharded with
-activation checkpointing as accelerate's fsdp.yaml does it, in a `FocusTrainer`; `save_final`
-writes ``OUT/run/final`` (every rank calls it); rank 0 writes the unsharded weights to
-``OUT/want.pt``.
+``torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT save MODEL_DIR``: the saved model (and
+the same with LoRA adapters) with its weights moved off their initial values (the same on every
+rank), FSDP2-sharded with activation checkpointing as accelerate's fsdp.yaml does it, in a
+`FocusTrainer`; `save_final` writes ``OUT/run/final`` and ``OUT/run-peft/final`` (every rank
+calls it); rank 0 writes the unsharded weights (the adapter's, as PEFT saves them) to
+``OUT/want-run.pt`` and ``OUT/want-run-peft.pt``.
 """
 
 from __future__ import annotations
@@ -131,21 +132,37 @@ def sharded_step(mode: str, ckpt: bool, mine: dict, cfg, world: int) -> dict:
 
 
 def save_final_sharded(out: str, model_dir: str) -> int:
+    """The full model (OUT/run) and, with --use_peft, the LoRA adapter (OUT/run-peft)."""
+    for name, extra in (("run", {}), ("run-peft", {"use_peft": True, "lora_r": 4})):
+        cfg = FocusConfig(output_dir=os.path.join(out, name), fast_rank=4, use_cpu=True,
+                          report_to="none", save_strategy="no", **extra)
+        save_one_sharded(cfg, model_dir, os.path.join(out, f"want-{name}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def save_one_sharded(cfg, model_dir: str, want_path: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from focusft.training import adapters
     from focusft.training.run import save_final
     from focusft.training.trainer import FocusTrainer
 
-    cfg = FocusConfig(output_dir=os.path.join(out, "run"), fast_rank=4, use_cpu=True,
-                      report_to="none", save_strategy="no")
-    rank = cfg.process_index  # the Trainer's process group (gloo)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if cfg.use_peft:  # as FocusTrainer does, before the engine shards the model
+        model = adapters.wrap(model, adapters.lora_config(cfg), cfg)
     torch.manual_seed(1)
-    with torch.no_grad():  # weights that are not the saved ones, the same on every rank
+    with torch.no_grad():  # weights that are not the saved ones (LoRA B not zero), on every rank
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
-    if rank == 0:
-        torch.save({k: v.clone() for k, v in model.state_dict().items()}, os.path.join(out, "want.pt"))
+    if cfg.process_index == 0:
+        if cfg.use_peft:
+            from peft import get_peft_model_state_dict
+            want = get_peft_model_state_dict(model)
+        else:
+            want = model.state_dict()
+        torch.save({k: v.clone() for k, v in want.items()}, want_path)
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
         apply_activation_checkpointing, checkpoint_wrapper)
     from torch.distributed.fsdp import fully_shard
@@ -159,9 +176,6 @@ def save_final_sharded(out: str, model_dir: str) -> int:
     tok = AutoTokenizer.from_pretrained(model_dir)
     trainer = FocusTrainer(model, cfg, processing_class=tok)
     save_final(trainer, tok, cfg, {"train_loss": 1.0})
-    dist.barrier()
-    dist.destroy_process_group()
-    return 0
 
 
 if __name__ == "__main__":

@@ -51,7 +51,7 @@ def run(args) -> int:
 
 
 def summary(result: dict, cfg) -> list[str]:
-    """At most 12 lines: what was trained, how it scored, the inner loop's health, the files."""
+    """At most 10 lines: what was trained, how it scored, the inner loop's health, the files."""
     out = Path(cfg.output_dir)
     method = f"{cfg.method}, {cfg.attention} mask"
     if cfg.bilevel:

@@ -5,7 +5,8 @@ configs/accelerate/deepspeed_zero{2,3}.yaml``). Three things are focusft's own:
 
 * `prepare_deepspeed`: on a machine without an accelerator, DeepSpeed builds its shared-memory
   collective op (a C++ compile of minutes) when it initializes; the CPU run uses gloo
-  all-reduces instead, so the op is marked unavailable first. Nothing changes on GPUs.
+  all-reduces instead, so the op is marked unavailable first, and DeepSpeed's comm layer joins
+  the Trainer's gloo group (else ``zero.Init`` counts a world of one). Nothing changes on GPUs.
 * `gathered`: a ZeRO-3 model loaded under ``zero.Init`` holds only this rank's shard of each
   parameter (the tensors are empty placeholders) until the engine's hooks gather them in its
   forward. Code that runs the model *outside* the engine (the self-check before training)

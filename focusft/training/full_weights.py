@@ -6,7 +6,7 @@ format (DeepSpeed's sharded ``global_stepN/``, FSDP's state dict type), which an
 needs.
 
 * One process, DDP, ZeRO-1/2: every rank holds the full weights; the Trainer's ``save_model``
-  writes them (`full_state_dict` returns None).
+  writes them (`sharding` is None).
 * DeepSpeed ZeRO-3: each rank holds a shard of every parameter. The engine's own consolidation
   (``deepspeed.zero.GatheredParameters``, one module at a time, copied to the main process's CPU
   memory) runs whatever the DeepSpeed config says about
@@ -37,7 +37,8 @@ from focusft.training import adapters
 
 logger = logging.getLogger("focusft")
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors",
+                "pytorch_model.bin", "pytorch_model.bin.index.json", "adapter_model.bin")
 
 
 def sharding(trainer) -> str | None:
@@ -56,7 +57,7 @@ def full_state_dict(trainer, kind: str) -> dict[str, torch.Tensor] | None:
     """The full weights on the main process (CPU tensors), None or empty elsewhere."""
     adapter = adapters.is_peft_model(trainer.model)
     if kind == "zero3":
-        engine = trainer.model_wrapped  # the DeepSpeedEngine after training
+        engine = trainer.deepspeed  # the DeepSpeedEngine the Trainer trained with
         return engine._zero3_consolidated_16bit_state_dict(exclude_frozen_parameters=adapter)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
@@ -75,10 +76,10 @@ def save_full_model(trainer, directory: str) -> None:
         return
     state = full_state_dict(trainer, kind)
     if trainer.is_world_process_zero():
-        logger.warning("focusft: final/ is the whole model, gathered from the %s shards to the "
-                       "main process (%d tensors); the checkpoints keep the engine's sharded "
-                       "format for resuming", "DeepSpeed ZeRO-3" if kind == "zero3" else "FSDP",
-                       len(state))
+        logger.warning("focusft: final/ is the whole %s, gathered from the %s shards to the "
+                       "main process (%d tensors); the checkpoints keep the engine's own format "
+                       "for resuming", "adapter" if adapters.is_peft_model(trainer.model) else "model",
+                       "DeepSpeed ZeRO-3" if kind == "zero3" else "FSDP", len(state))
         trainer._save(directory, state_dict=state)  # the Trainer's own writer: save_pretrained
 
 

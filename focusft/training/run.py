@@ -3,13 +3,15 @@
 `train(config)` is what `focusft train` calls. A run directory holds:
 
     output_dir/
-      final/                  the trained model: a plain Hugging Face causal LM (safetensors)
-                              or, with --use_peft, its LoRA adapter; its tokenizer, focusft.yaml
-                              (the resolved configuration, reusable as --config) and README.md
-                              (the model card); uploaded as the repo by --push_to_hub
+      final/                  the trained model, under every engine: a plain Hugging Face
+                              causal LM (safetensors) or, with --use_peft, its LoRA adapter; its
+                              tokenizer, focusft.yaml (the resolved configuration, reusable as
+                              --config) and README.md (the model card); uploaded as the repo by
+                              --push_to_hub
       checkpoint-N/           resumable Trainer checkpoints, if --save_strategy asks for them
       data_report.json        what the data pipeline read, kept, truncated and dropped
-      result.json             summary printed at the end
+      result.json             the full record (metrics, every logged step); `focusft train`
+                              prints a short summary of it
 
 The final model is written to a staging directory first and renamed into place, so a
 crash never leaves a half-written `final/`. Staging and temporary folders start with ``_``,
