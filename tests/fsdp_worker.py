@@ -9,6 +9,13 @@ outer forward + backward. The inner loop calls the sharded top layers again insi
 Usage: torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT {fsdp2|fsdp1}
 Writes OUT/rank{R}-{plain|ckpt}.pt (without / with activation checkpointing): the full
 gradients of the step (and the same computed without FSDP).
+
+``torchrun --nproc_per_node 2 tests/fsdp_worker.py OUT save MODEL_DIR``: the saved model (and
+the same with LoRA adapters) with its weights moved off their initial values (the same on every
+rank), FSDP2-sharded with activation checkpointing as accelerate's fsdp.yaml does it, in a
+`FocusTrainer`; `save_final` writes ``OUT/run/final`` and ``OUT/run-peft/final`` (every rank
+calls it); rank 0 writes the unsharded weights (the adapter's, as PEFT saves them) to
+``OUT/want-run.pt`` and ``OUT/want-run-peft.pt``.
 """
 
 from __future__ import annotations
@@ -61,6 +68,8 @@ def full_grads(model) -> dict[str, torch.Tensor]:
 def main() -> int:
     """Both variants (plain, activation checkpointing) in one process group, one launch."""
     out, mode = sys.argv[1], sys.argv[2]
+    if mode == "save":
+        return save_final_sharded(out, sys.argv[3])
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     cfg = FocusConfig(output_dir=os.path.join(out, "unused"), fast_rank=4, fast_layer_fraction=0.5,
@@ -120,6 +129,53 @@ def sharded_step(mode: str, ckpt: bool, mine: dict, cfg, world: int) -> dict:
     stats = bilevel.stats if bilevel is not None else None
     return {"status": status, "error": err, "got": got,
             "inner_losses": [float(x) for x in (stats.losses if stats else [])]}
+
+
+def save_final_sharded(out: str, model_dir: str) -> int:
+    """The full model (OUT/run) and, with --use_peft, the LoRA adapter (OUT/run-peft)."""
+    for name, extra in (("run", {}), ("run-peft", {"use_peft": True, "lora_r": 4})):
+        cfg = FocusConfig(output_dir=os.path.join(out, name), fast_rank=4, use_cpu=True,
+                          report_to="none", save_strategy="no", **extra)
+        save_one_sharded(cfg, model_dir, os.path.join(out, f"want-{name}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+    return 0
+
+
+def save_one_sharded(cfg, model_dir: str, want_path: str) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from focusft.training import adapters
+    from focusft.training.run import save_final
+    from focusft.training.trainer import FocusTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if cfg.use_peft:  # as FocusTrainer does, before the engine shards the model
+        model = adapters.wrap(model, adapters.lora_config(cfg), cfg)
+    torch.manual_seed(1)
+    with torch.no_grad():  # weights that are not the saved ones (LoRA B not zero), on every rank
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    if cfg.process_index == 0:
+        if cfg.use_peft:
+            from peft import get_peft_model_state_dict
+            want = get_peft_model_state_dict(model)
+        else:
+            want = model.state_dict()
+        torch.save({k: v.clone() for k, v in want.items()}, want_path)
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        apply_activation_checkpointing, checkpoint_wrapper)
+    from torch.distributed.fsdp import fully_shard
+
+    layer_cls = type(decoder_layers(model)[0])
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=checkpoint_wrapper,
+                                   check_fn=lambda m: isinstance(m, layer_cls))
+    for layer in decoder_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    trainer = FocusTrainer(model, cfg, processing_class=tok)
+    save_final(trainer, tok, cfg, {"train_loss": 1.0})
 
 
 if __name__ == "__main__":

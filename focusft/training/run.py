@@ -3,13 +3,15 @@
 `train(config)` is what `focusft train` calls. A run directory holds:
 
     output_dir/
-      final/                  the trained model: a plain Hugging Face causal LM (safetensors)
-                              or, with --use_peft, its LoRA adapter; its tokenizer, focusft.yaml
-                              (the resolved configuration, reusable as --config) and README.md
-                              (the model card); uploaded as the repo by --push_to_hub
+      final/                  the trained model, under every engine: a plain Hugging Face
+                              causal LM (safetensors) or, with --use_peft, its LoRA adapter; its
+                              tokenizer, focusft.yaml (the resolved configuration, reusable as
+                              --config) and README.md (the model card); uploaded as the repo by
+                              --push_to_hub
       checkpoint-N/           resumable Trainer checkpoints, if --save_strategy asks for them
       data_report.json        what the data pipeline read, kept, truncated and dropped
-      result.json             summary printed at the end
+      result.json             the full record (metrics, every logged step); `focusft train`
+                              prints a short summary of it
 
 The final model is written to a staging directory first and renamed into place, so a
 crash never leaves a half-written `final/`. Staging and temporary folders start with ``_``,
@@ -18,8 +20,9 @@ which the Trainer's ``push_to_hub`` never uploads.
 Under a launcher (torchrun, accelerate, deepspeed, srun) every process runs `train`, but only
 the main process writes files: `data_report.json`, `final/` (assembled in one staging folder
 that all ranks know), `result.json`. The other processes wait at a barrier. Every rank still
-enters ``trainer.save_model``, because under sharded engines (ZeRO-3, FSDP) gathering the full
-state dict is a collective; the Trainer writes from the main process only.
+enters the save of final/, because under sharded engines (ZeRO-3, FSDP) gathering the full
+state dict is a collective (`focusft.training.full_weights`: final/ is a plain model whatever the
+engine's save settings); the main process alone writes.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ from focusft.errors import UserError
 from focusft.core.distributed import (adopt_slurm, launch_problem, parallelism_problem,
                                       sequence_parallel_problem)
 from focusft.core.zero import check_engine, gathered, prepare_deepspeed
+from focusft.sources.adapter_dir import is_adapter_dir
 from focusft.training.faults import GracefulStop, TrainingInterrupted, checkpoint_of
+from focusft.training.full_weights import has_weights, save_full_model
 from focusft.training.loading import load_model_and_tokenizer
 
 logger = logging.getLogger("focusft")
@@ -131,13 +136,14 @@ def save_final(trainer, tokenizer, cfg: FocusConfig, metrics: dict | None = None
     trainer.accelerator.wait_for_everyone()
     adapter = adapters.is_peft_model(trainer.model) and not cfg.merge_adapter
     if cfg.merge_adapter and adapters.is_peft_model(trainer.model):
-        if main:  # the merge copies the full model (refused under ZeRO-3 by check_engine)
+        if main:  # the merge copies the full model (refused under ZeRO-3 / FSDP by check_engine)
             adapters.save_merged(trainer.model, str(staging), cfg.rope_scaling)
-    else:
-        # With PEFT: the adapter (adapter_config.json + weights). _internal_call: no push of
-        # output_dir from here; --push_to_hub uploads final/ once it is complete (push_final).
-        trainer.save_model(str(staging), _internal_call=True)
+    else:  # with PEFT: the adapter (adapter_config.json + weights); gathered when sharded
+        save_full_model(trainer, str(staging))
     if main:
+        if not has_weights(staging):  # never report a folder without the model as one
+            raise RuntimeError(f"focusft: no model weights were written to {staging}; final/ "
+                               "was not replaced")
         tokenizer.save_pretrained(str(staging))
         (staging / "focusft.yaml").write_text(cfg.to_yaml())
         if adapter and cfg.rope_scaling:  # the base's config.json does not carry it
@@ -190,7 +196,7 @@ def train(cfg: FocusConfig) -> dict:
         raise UserError(problem)
     if (problem := parallelism_problem(cfg) or sequence_parallel_problem(cfg.sp_size)):
         raise UserError(problem)
-    check_engine(cfg)
+    check_engine(cfg, adapter=cfg.use_peft or is_adapter_dir(cfg.model))
     resume_target(cfg)  # a bad --resume_from_checkpoint fails before any work
     model, tokenizer = load_model_and_tokenizer(cfg)
     check_model(model, cfg)  # nothing is written before the model is known to train exactly

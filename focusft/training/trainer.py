@@ -111,6 +111,12 @@ def same_batches_per_group(loader, sp_size: int) -> None:
     shard.num_processes //= sp_size
 
 
+def has_accelerator() -> bool:
+    """A device torch can pin host memory for (CUDA, XPU, MPS, ...)."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def _pad_id(tokenizer) -> int:
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -270,6 +276,18 @@ class FocusTrainer(Trainer):
         # remove_unused_columns=True keeps what our collator reads (not the model's arguments).
         if self._signature_columns is None:
             self._signature_columns = list(COLUMNS)
+
+    def _get_dataloader(self, *args, **kwargs):
+        """The Trainer's. Without an accelerator there is no device memory to pin batches for
+        (torch warns about it for every loader): the loaders are built unpinned then, and
+        --dataloader_pin_memory itself (saved in focusft.yaml) is left as it was."""
+        pin = self.args.dataloader_pin_memory
+        if pin and not has_accelerator():
+            self.args.dataloader_pin_memory = False
+        try:
+            return super()._get_dataloader(*args, **kwargs)
+        finally:
+            self.args.dataloader_pin_memory = pin
 
     def get_train_dataloader(self):
         """The Trainer's; under sequence parallelism every rank of a group gets the same batches."""

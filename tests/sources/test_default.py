@@ -55,7 +55,7 @@ def test_first_word_scoring():
     assert default.first_word("...") == ""
 
 
-def test_train_with_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch, capsys):
+def test_train_with_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch, capsys, recwarn):
     monkeypatch.setitem(default.DEFAULT_RECIPE, "train_samples", 24)
     monkeypatch.setitem(default.DEFAULT_RECIPE, "eval_samples", 6)
     out = tmp_path / "run"
@@ -81,7 +81,20 @@ def test_train_with_no_arguments_runs_the_embedded_default(tmp_path, monkeypatch
     history = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
     assert [h["step"] for h in history if "loss" in h] == [1, 2]
     assert [h["step"] for h in history if "diag/sink" in h] == [0, 1, 2]
-    assert "checkpoint:" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert '"history"' not in printed  # the full record is in result.json, not on the screen
+    summary = printed[printed.index("focusft train: done"):].splitlines()
+    assert 8 <= len(summary) <= 15, summary
+    assert summary[0] == f"focusft train: done, 2 steps in {result['train_seconds']:g} s"
+    text = "\n".join(summary)
+    assert "focusft, glm mask, context inner objective (2 inner steps)" in text
+    assert (f"held-out:    {result['heldout_accuracy']}% answer accuracy on 6 rows "
+            f"(chance {result['chance_accuracy']}%)") in text
+    harm = result["history"][-1]["inner_harm"]
+    assert f"inner loop:  harm {harm:.3g} (" in text and "leakage: none possible (context" in text
+    assert f"final model: {out / 'final'}" in text and f"result:      {out / 'result.json'}" in text
+    assert str(out / "diagnostics.jsonl") in text and str(out / "data_report.json") in text
+    assert not [w for w in recwarn if "pin_memory" in str(w.message)]  # no accelerator here
 
 
 def test_data_command_writes_default_task_rows_apart_from_training(tmp_path, tokenizer):

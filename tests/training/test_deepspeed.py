@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import dist_worker
-from multiproc import accelerate_launch, log_history, run, safetensors_of
+from multiproc import accelerate_launch, log_history, run, safetensors_of, torchrun
 
 pytest.importorskip("deepspeed")
 
@@ -38,16 +38,24 @@ def cli(model: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """The tiny model, 8 chats, and the 1-process reference run (no DeepSpeed)."""
+def base(tmp_path_factory):
+    """The tiny model and 8 chats."""
     root = tmp_path_factory.mktemp("ds")
     dist_worker.build(str(root / "model"))
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in dist_worker.rows(8)))
+    return root / "model", data
+
+
+@pytest.fixture(scope="module")
+def setup(base):
+    """The tiny model, 8 chats, and the 1-process reference run (no DeepSpeed)."""
     import sys
 
-    run([sys.executable, *cli(root / "model", data, root / "ref", "--gradient_accumulation_steps", "2")])
-    return root / "model", data, root / "ref"
+    model, data = base
+    ref = model.parent / "ref"
+    run([sys.executable, *cli(model, data, ref, "--gradient_accumulation_steps", "2")])
+    return model, data, ref
 
 
 def assert_same_logs(got: dict[int, dict], want: dict[int, dict], steps, per_micro_batch=True) -> None:
@@ -109,3 +117,40 @@ def test_zero2_with_sequence_parallelism_equals_one_process(setup, tmp_path):
     final, reference = safetensors_of(out / "final"), safetensors_of(ref / "final")
     for name, tensor in reference.items():
         torch.testing.assert_close(final[name], tensor, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_zero3_final_is_a_plain_model_without_the_gather_flag(base, tmp_path):
+    """A minimal ZeRO-3 json (stage 3, batch sizes "auto", no
+    stage3_gather_16bit_weights_on_model_save) through `torchrun -m focusft.cli train
+    --deepspeed`: the checkpoint keeps DeepSpeed's sharded format (for resuming); final/ is the
+    whole model in safetensors, loaded by plain transformers, equal to DeepSpeed's own
+    consolidation of that last checkpoint (zero_to_fp32), with its model card and tokenizer."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from transformers import AutoModelForCausalLM
+
+    model, data = base
+    ds = tmp_path / "ds.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_batch_size": "auto",
+                              "train_micro_batch_size_per_gpu": "auto",
+                              "gradient_accumulation_steps": "auto"}))
+    out = tmp_path / "run"
+    proc = run(torchrun("-m", "focusft.cli", "train", "--model", str(model), "--data", str(data),
+                        "--output_dir", str(out), "--deepspeed", str(ds), "--use_cpu", "true",
+                        "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3",
+                        "--optim", "sgd", "--learning_rate", "0.05", "--fast_rank", "4",
+                        "--max_length", "512", "--disable_tqdm", "true", "--report_to", "none"))
+    assert "gathered from the DeepSpeed ZeRO-3 shards" in proc.stderr
+    assert proc.stdout.count(f"final model: {out / 'final'}") == 1  # printed by the main process
+    checkpoint, final = out / "checkpoint-3", out / "final"
+    assert (checkpoint / "global_step3").is_dir() and not (checkpoint / "model.safetensors").exists()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "focusft.yaml", "README.md"):
+        assert (final / name).is_file(), name
+    assert not (final / "global_step3").exists() and not (final / "latest").exists()
+    got = AutoModelForCausalLM.from_pretrained(final, use_safetensors=True).state_dict()
+    want = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    initial = safetensors_of(model)
+    assert max(float((got[n] - initial[n]).abs().max()) for n in initial) > 1e-3  # it trained

@@ -170,6 +170,36 @@ def test_fsdp2_sharded_step_matches_unsharded(tmp_path):
             assert_close(result["got"], result["want"], f"fsdp2 {variant} rank {rank}")
 
 
+@pytest.mark.slow
+def test_fsdp2_final_is_the_whole_model_in_plain_transformers(model_dir, tmp_path):
+    """`save_final` of a FocusTrainer whose model is FSDP2-sharded over 2 ranks (with activation
+    checkpointing, as fsdp.yaml): final/ is one safetensors model, gathered from the shards
+    (torch's full state dict on the main process), that plain transformers loads with exactly
+    the unsharded weights, wrapper names stripped; with --use_peft, the adapter's weights."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    proc = run(torchrun(str(HERE / "fsdp_worker.py"), str(tmp_path), "save", str(model_dir)))
+    assert proc.stderr.count("gathered from the FSDP shards") == 2  # main process, 2 saves
+    final = tmp_path / "run" / "final"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "focusft.yaml", "README.md"):
+        assert (final / name).is_file(), name
+    got = AutoModelForCausalLM.from_pretrained(final, use_safetensors=True).state_dict()
+    want = torch.load(tmp_path / "want-run.pt")
+    initial = safetensors_of(model_dir)
+    assert got.keys() == want.keys()
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+    assert all(not torch.equal(want[name], initial[name]) for name in initial)  # not the input
+
+    adapter = tmp_path / "run-peft" / "final"
+    assert (adapter / "adapter_config.json").is_file() and not (adapter / "model.safetensors").exists()
+    got, want = load_file(adapter / "adapter_model.safetensors"), torch.load(tmp_path / "want-run-peft.pt")
+    assert got.keys() == want.keys() and len(want) > 0
+    for name, tensor in want.items():
+        assert torch.equal(got[name], tensor), name
+
+
 # ---------------------------------------------------------------------------------------------
 # The CLI under the launchers
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +238,8 @@ def test_torchrun_cli_outputs_complete_and_resumable(model_dir, data_file, tmp_p
              "--logging_steps", "1", "--use_cpu", "true"]
     a, b = tmp_path / "a", tmp_path / "b"
     proc = run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, a), *flags))
-    assert f"checkpoint: {a / 'final'}" in proc.stdout
+    assert proc.stdout.count("focusft train: done, 4 steps") == 1  # the main process's summary
+    assert proc.stdout.count(f"final model: {a / 'final'}") == 1
     assert sorted(p.name for p in a.iterdir()) == [
         "checkpoint-2", "checkpoint-4", "data_report.json", "final", "result.json"]
     assert json.loads((a / "result.json").read_text())["steps"] == 4

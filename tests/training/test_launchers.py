@@ -74,6 +74,18 @@ def test_sequence_parallel_settings_that_cannot_work_are_refused():
     with pytest.raises(UserError, match="--sp_size 2 under FSDP: .* DDP and ZeRO-2 only"):
         check_engine(sp_cfg, env={"ACCELERATE_USE_FSDP": "true"})
     check_engine(sp_cfg, env={})  # DDP: fine
+    one = SimpleNamespace(sp_size=1, fsdp=None, fsdp_config={}, merge_adapter=False, use_peft=False)
+    with pytest.raises(UserError, match="FSDP version 1.*fsdp_version: 2"):  # accelerate's default
+        check_engine(one, env={"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"})
+    check_engine(one, env={"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
+    with pytest.raises(UserError, match="FSDP version 1"):  # the Trainer's own --fsdp
+        check_engine(SimpleNamespace(**{**vars(one), "fsdp": "full_shard",
+                                        "fsdp_config": {"version": 1}}), env={})
+    merge = SimpleNamespace(**{**vars(one), "merge_adapter": True})
+    check_engine(merge, env={"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})  # no adapter
+    with pytest.raises(UserError, match="--merge_adapter true under FSDP: no rank holds"):
+        check_engine(merge, env={"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, adapter=True)
+    check_engine(merge, env={}, adapter=True)  # DDP: the main process merges
     with pytest.raises(UserError, match="--sp_size must be"):
         parse_config(["--sp_size", "0", "--output_dir", "unused"])
     assert parse_config(["--sp_size", "1", "--output_dir", "unused"]).sp_size == 1

@@ -90,3 +90,30 @@ def test_output_dir_not_empty_is_refused(tiny_dir, capsys):
         train(tiny_dir)
     assert "--output_dir" in capsys.readouterr().err
     assert (tiny_dir / "run" / "x").read_text() == "keep me"
+
+
+def test_summary_is_short_and_reads_the_inner_loop():
+    """The end of `focusft train`: <= 15 lines; harm and leakage judged by the warning thresholds."""
+    from focusft.commands.train import summary
+    from focusft.training.config import parse_config
+
+    cfg = parse_config(["--output_dir", "runs/x", "--model", "m", "--inner_objective", "response",
+                        "--report_to", "tensorboard", "--logging_steps", "5"])
+    result = {"checkpoint": "runs/x/final", "method": "focusft", "train_loss": 0.5, "steps": 10,
+              "train_seconds": 12.5, "eval_loss": 1.25, "eval_focus_loss": 1.0,
+              "history": [{"inner_harm": 0.9, "outer_loss": 0.01, "inner_loss_1": 3.0}] * 2}
+    lines = summary(result, cfg)
+    assert len(lines) <= 15 and lines[0] == "focusft train: done, 10 steps in 12.5 s"
+    text = "\n".join(lines)
+    assert "eval:        eval_loss 1.25, eval_focus_loss 1" in text
+    assert "inner loop:  harm 0.9 (ok;" in text
+    assert "leakage 0.00333 (LEAKING: the inner loop learns the answer" in text
+    assert "final model: runs/x/final" in text and "runs/x/runs (tensorboard)" in text
+    result["history"] = [{"inner_harm": 2.0, "outer_loss": 2.9, "inner_loss_1": 3.0}]
+    text = "\n".join(summary(result, cfg))
+    assert "harm 2 (overshooting;" in text and "leakage 0.967 (ok;" in text
+    assert "no logged step" in "\n".join(summary({**result, "history": []}, cfg))
+    sft = parse_config(["--output_dir", "runs/x", "--method", "sft", "--attention", "causal"])
+    text = "\n".join(summary(result, sft))
+    assert "method:      sft, causal mask\n" in text and "inner loop" not in text
+    assert "embedded default" in text and "held-out" not in text
