@@ -10,9 +10,14 @@ The inner loop runs *inside* the outer forward, at the first adapted layer ``l0`
 
 so the bottom layers run once per step: their output (detached) feeds every inner step and
 (with its graph) the outer pass. Logits are computed only at positions that carry loss, in both
-loops, and there chunk by chunk with recomputation in backward (`focusft.core.chunked_loss`):
-the loss's memory does not grow with the number of loss tokens. The hook fires only when armed for the step, so activation checkpointing (which
-re-runs layer forwards during backward) never re-enters the inner loop.
+loops, and there chunk by chunk with recomputation in backward (`focusft.core.chunked_loss`:
+the loss's memory does not grow with the number of loss tokens). The hook fires only when
+armed for the step, so activation checkpointing (which re-runs layer forwards during backward)
+never re-enters the inner loop.
+
+The outer loss takes the LM head's input from the forward (`_head_inputs`: the forward's own
+head call then runs on no position) and applies ``post(lm_head(.))`` to it chunk by chunk;
+`outer_logits` still returns all the loss positions' logits, for predictions.
 
 Both loops take the loss the model's own forward would compute under the same mask
 (`focusft.core.models`): ``head`` is the model's logits head (final norm, LM head, soft-cap or
