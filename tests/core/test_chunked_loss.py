@@ -16,8 +16,8 @@ from architectures import build
 from focusft.core import attention, chunked_loss, models, step as step_module
 from focusft.core.fast_weights import FastWeights
 from focusft.core.inner import InnerConfig
-from focusft.core.masks import AttentionLayout
-from focusft.core.step import BilevelStep, arm_inner, logits_loss, outer_logits, outer_loss
+from focusft.core.step import BilevelStep, arm_inner, batch_layout, logits_loss, outer_logits, outer_loss
+from focusft.data.pipeline import Collator
 from tiny import make_batch
 
 CHUNK = 3
@@ -85,7 +85,7 @@ def test_token_cross_entropy_equals_one_call(small_chunks):
 
 # ----------------------------------------------------------------------------- the outer loss
 def _layout(batch):
-    return AttentionLayout.glm(batch["loss_mask"], batch["attention_mask"].sum(1).tolist())
+    return batch_layout(batch, "glm")  # packed rows respected
 
 
 @pytest.mark.parametrize("name,extra", FAMILIES, ids=[f for f, _ in FAMILIES])
@@ -122,7 +122,7 @@ def _bilevel_step(model, batch, objective, loss_fn):
     attention.use_focusft_attention(model)
     fast = FastWeights(model, rank=4, alpha=8.0)
     bilevel = BilevelStep(model, fast, InnerConfig(steps=2, lr=0.5, clip=0.0, objective=objective))
-    arm_inner(fast, bilevel, batch, [11, 12, 13], objective)
+    arm_inner(fast, bilevel, batch, [11 + i for i in range(len(batch["sample_ids"]))], objective)
     loss, _ = loss_fn(model, batch, _layout(batch), 29)
     adapted = [t.clone() for t in fast.tensors()]  # phi_K = phi_0 - lr * (sum of inner gradients)
     loss.backward()
@@ -132,8 +132,22 @@ def _bilevel_step(model, batch, objective, loss_fn):
 @pytest.mark.parametrize("objective", ["response", "context"])
 @pytest.mark.parametrize("name,extra", FAMILIES, ids=[f for f, _ in FAMILIES])
 def test_bilevel_step_equals_full_logits(small_chunks, monkeypatch, name, extra, objective):
-    batch = make_batch(ROWS, seed=5)
-    model = build(name, scaled=True, **extra)
+    _compare_steps(monkeypatch, make_batch(ROWS, seed=5), build(name, scaled=True, **extra), objective)
+
+
+@pytest.mark.parametrize("objective", ["response", "context"])
+def test_packed_bilevel_step_equals_full_logits(small_chunks, monkeypatch, objective):
+    """Packed rows: a row's targets belong to several samples (per-sample means by sample_index)."""
+    plain = make_batch(ROWS + [[(4, 0), (5, 1)]], seed=8)
+    n = plain["attention_mask"].sum(1)
+    features = [{"input_ids": plain["input_ids"][b, : n[b]].tolist(), "sample_id": b,
+                 "loss_mask": plain["loss_mask"][b, : n[b]].int().tolist()} for b in range(len(n))]
+    packed = Collator(pad_id=0, pack_to=24)(features)
+    assert packed["input_ids"].shape[0] < len(n)  # it did pack
+    _compare_steps(monkeypatch, packed, build("qwen2", scaled=True), objective)
+
+
+def _compare_steps(monkeypatch, batch, model, objective):
     model.train()
     ref = copy.deepcopy(model)
     loss, stats, adapted = _bilevel_step(model, batch, objective, outer_loss)
