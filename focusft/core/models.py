@@ -217,14 +217,31 @@ def final_norm(model: nn.Module) -> nn.Module:
 def logits_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """h (..., hidden) from the last decoder layer -> logits, exactly as the model computes them."""
     inner = unwrap(model)
-    norm, lm_head = final_norm(inner), inner.get_output_embeddings()
-    pre, post = family(inner).pre_head, family(inner).post_logits
+    norm, pre, out = final_norm(inner), family(inner).pre_head, output_head(inner)
 
     def head(hidden: torch.Tensor) -> torch.Tensor:
         hidden = norm(hidden)
-        logits = lm_head(hidden if pre is None else pre(inner, hidden))
+        return out(hidden if pre is None else pre(inner, hidden))
+    return head
+
+
+def output_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (..., hidden), the LM head's input -> logits: ``post(lm_head(x))`` (the tail of
+    `logits_head`, for hidden states taken at the LM head's input)."""
+    inner = unwrap(model)
+    lm_head, post = inner.get_output_embeddings(), family(inner).post_logits
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        logits = lm_head(hidden)
         return logits if post is None else post(inner, logits)
     return head
+
+
+def head_vocab(model: nn.Module) -> int:
+    """Columns of the LM head's logits (its out_features; the config's vocabulary otherwise)."""
+    inner = unwrap(model)
+    out = getattr(inner.get_output_embeddings(), "out_features", None)
+    return int(out) if out else int(inner.config.get_text_config().vocab_size)
 
 
 # ------------------------------------------------------------------------- fast-weight targets

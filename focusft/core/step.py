@@ -10,8 +10,14 @@ The inner loop runs *inside* the outer forward, at the first adapted layer ``l0`
 
 so the bottom layers run once per step: their output (detached) feeds every inner step and
 (with its graph) the outer pass. Logits are computed only at positions that carry loss, in both
-loops. The hook fires only when armed for the step, so activation checkpointing (which
-re-runs layer forwards during backward) never re-enters the inner loop.
+loops, and there chunk by chunk with recomputation in backward (`focusft.core.chunked_loss`:
+the loss's memory does not grow with the number of loss tokens). The hook fires only when
+armed for the step, so activation checkpointing (which re-runs layer forwards during backward)
+never re-enters the inner loop.
+
+The outer loss takes the LM head's input from the forward (`_head_inputs`: the forward's own
+head call then runs on no position) and applies ``post(lm_head(.))`` to it chunk by chunk;
+`outer_logits` still returns all the loss positions' logits, for predictions.
 
 Both loops take the loss the model's own forward would compute under the same mask
 (`focusft.core.models`): ``head`` is the model's logits head (final norm, LM head, soft-cap or
@@ -31,17 +37,23 @@ is an assistant token, else -100 (built by the collator).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from focusft.core import models, sequence_parallel
+from focusft.core.chunked_loss import token_cross_entropy
 from focusft.core.checkpointing import inner_checkpointing
 from focusft.core.distributed import nested_fsdp_call
 from focusft.core.fast_weights import FastWeights
 from focusft.core.inner import InnerConfig, InnerStats, inner_loop
 from focusft.core.masks import AttentionLayout, row_segments
+
+
+_IN_INNER_LOOP = contextvars.ContextVar("focusft_in_inner_loop", default=False)
 
 
 @dataclass
@@ -80,7 +92,11 @@ def context_targets(input_ids: torch.Tensor, loss_mask: torch.Tensor, attention_
 
 def sample_mean_ce(logits: torch.Tensor, targets: Targets) -> torch.Tensor:
     """(N,) mean cross-entropy of each sample's targets (0 for a sample without targets)."""
-    ce = F.cross_entropy(logits.float(), targets.tokens, reduction="none")
+    return sample_means(F.cross_entropy(logits.float(), targets.tokens, reduction="none"), targets)
+
+
+def sample_means(ce: torch.Tensor, targets: Targets) -> torch.Tensor:
+    """(N,) mean of the per-target values `ce` (T,) over each sample's targets (0 without any)."""
     n = targets.n_samples
     sums = torch.zeros(n, device=ce.device).index_add(0, targets.samples, ce)
     counts = targets.counts if targets.counts is not None else torch.bincount(targets.samples, minlength=n)
@@ -104,6 +120,7 @@ class BilevelStep:
         self.fast, self.cfg, self.model = fast, cfg, model
         self.layers = models.decoder_layers(model)
         self.head = models.logits_head(model)
+        self.vocab = models.head_vocab(model)
         self.aux = models.aux_loss(model)
         self.first = fast.first_layer
         self._bottom_routers = self.aux is not None and any(
@@ -138,6 +155,14 @@ class BilevelStep:
         if self._bottom_routers and job.layout is None and not bottom_router:
             raise RuntimeError("the router loss needs the bottom layers' router logits: run the outer "
                                "forward with output_router_logits=True (as step.outer_loss does)")
+        inner = _IN_INNER_LOOP.set(True)  # its head calls are its own (see `_head_inputs`)
+        try:
+            self._inner(module, hidden, kwargs, job, bottom_router)
+        finally:
+            _IN_INNER_LOOP.reset(inner)
+        return None
+
+    def _inner(self, module, hidden, kwargs, job, bottom_router):
         # The outer forward may run under activation checkpointing (no-grad or saved-tensor
         # hooks); the inner loop builds and consumes its own ordinary graph.
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep), \
@@ -149,7 +174,6 @@ class BilevelStep:
                 self._embeds = None
             self.stats = inner_loop(lambda: self._top_losses(hidden, kwargs, job, bottom_router),
                                     self.fast, self.cfg, job.group)
-        return None
 
     def _bottom(self, embeds: torch.Tensor, kwargs: dict):
         with torch.no_grad(), models.own_outputs(self.aux is not None) as router:
@@ -164,7 +188,8 @@ class BilevelStep:
             h = hidden
             for layer in self.layers[self.first :]:
                 h = _hidden(layer(h, **kwargs))
-        losses = sample_mean_ce(self.head(h[targets.rows, targets.cols]), targets)  # head is per token
+        ce = token_cross_entropy(self.head, h[targets.rows, targets.cols], targets.tokens, self.vocab)
+        losses = sample_means(ce, targets)  # the head is per token
         if self.aux is None:
             return losses
         if job.token_samples is None:
@@ -186,17 +211,47 @@ def _hidden(out):
 
 def outer_loss(model, batch: dict, layout: AttentionLayout, num_items: int | torch.Tensor | None):
     """Sum of assistant-token CE / num_items (the global token count), logits at loss positions
-    only, plus the model's own auxiliary loss if it has one (see module docstring).
+    only and chunk by chunk, plus the model's own auxiliary loss if it has one (see module
+    docstring).
 
     Returns (loss, n_tokens). With num_items=None the loss is this batch's token mean.
     """
-    logits, kept, aux = outer_logits(model, batch, layout)
-    return logits_loss(logits, kept, num_items, aux)
+    with _head_inputs(model) as kept_inputs:
+        _, kept, aux = outer_logits(model, batch, layout)
+    valid = kept != -100
+    if len(kept_inputs) != 1:
+        raise RuntimeError(f"{type(models.unwrap(model)).__name__}'s forward called its output "
+                           f"embeddings {len(kept_inputs)} times; the loss expects once")
+    hidden = kept_inputs[0][valid]  # (T, hidden): the LM head's input at the loss tokens
+    ce = token_cross_entropy(models.output_head(model), hidden, kept[valid], models.head_vocab(model))
+    return _reduce(ce.sum(), valid.sum(), num_items, aux)
+
+
+@contextlib.contextmanager
+def _head_inputs(model):
+    """Inside: the LM head's input of the forward's own call is kept in the yielded list, and
+    the head runs on none of its positions (the forward's logits come out empty: (B, 0, V)).
+    The inner loop's calls of the head, inside the same forward, are left alone."""
+    kept = []
+
+    def skip(module, args):
+        if _IN_INNER_LOOP.get():
+            return None
+        kept.append(args[0])
+        return (args[0][..., :0, :], *args[1:])
+
+    handle = models.unwrap(model).get_output_embeddings().register_forward_pre_hook(skip)
+    try:
+        yield kept
+    finally:
+        handle.remove()
 
 
 def outer_logits(model, batch: dict, layout: AttentionLayout):
     """Logits (B, P, V) at the P positions that carry loss in some row, the labels there (B, P),
-    and the model's own auxiliary loss term (a scalar tensor, or None)."""
+    and the model's own auxiliary loss term (a scalar tensor, or None).
+
+    For predictions; the loss alone is `outer_loss` (never all P x V logits at once)."""
     labels = batch["labels"]
     keep = (labels != -100).any(0).nonzero(as_tuple=True)[0]  # union of loss positions
     aux = models.aux_loss(model)
@@ -218,7 +273,10 @@ def logits_loss(logits: torch.Tensor, kept: torch.Tensor, num_items, aux=None):
     """(sum of CE / num_items [+ aux], number of loss tokens); num_items=None: the token mean."""
     loss_sum = F.cross_entropy(logits.float().flatten(0, 1), kept.flatten(),
                                ignore_index=-100, reduction="sum")
-    n_tokens = (kept != -100).sum()
+    return _reduce(loss_sum, (kept != -100).sum(), num_items, aux)
+
+
+def _reduce(loss_sum: torch.Tensor, n_tokens: torch.Tensor, num_items, aux):
     denom = n_tokens.clamp(min=1) if num_items is None else num_items
     loss = loss_sum / denom
     if aux is not None:

@@ -218,6 +218,7 @@ class FocusTrainer(Trainer):
         self._leak_windows = self._harm_windows = 0
         self._harm_probe_due = True  # context objective: measure one micro-batch per window
         self._focus_eval: torch.Tensor | None = None  # (CE sum, tokens) while evaluating
+        self._want_logits = False  # a prediction step that returns the logits
 
     # -- the focusft attention and fast weights, only while the Trainer runs the model -------
     def _attach(self, model, args) -> None:
@@ -321,23 +322,33 @@ class FocusTrainer(Trainer):
             if model.training and self._harm_probe_due and self.args.inner_objective == "context":
                 base = self._loss_without_fast_weights(model, inputs, layout)
             self._prepare_inner(whole, model.training, sp)
-        logits, kept, aux = outer_logits(model, inputs, layout)  # (B, P, V): loss positions only
-        loss, n_tokens = logits_loss(logits, kept, num_items_in_batch, aux)
+        outputs = {}
+        if return_outputs and self._want_logits:  # (B, P, V): loss positions only
+            logits, kept, aux = outer_logits(model, inputs, layout)
+            loss, n_tokens = logits_loss(logits, kept, num_items_in_batch, aux)
+            outputs["logits"] = logits
+        else:  # chunk by chunk: never all the loss positions' logits at once
+            loss, n_tokens = outer_loss(model, inputs, layout, num_items_in_batch)
         if model.training:
             self._record(inputs, loss, n_tokens, num_items_in_batch, base)
         elif self._focus_eval is not None:
             self._eval_with_inner_loop(model, inputs, layout)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             loss = loss * self.accelerator.num_processes  # DDP averages; we want the global sum
-        return (loss, {"loss": loss, "logits": logits}) if return_outputs else loss
+        return (loss, {"loss": loss, **outputs}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """As the Trainer's; logits come only at the loss positions, so labels are cut to match.
 
         ``predictions[b, j]`` is the distribution of ``label_ids[b, j]`` (labels are already
-        shifted: the label of a position is the next token).
+        shifted: the label of a position is the next token). Logits are materialised only when
+        they are returned; a loss-only step takes the loss chunk by chunk.
         """
-        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        self._want_logits = not prediction_loss_only
+        try:
+            loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        finally:
+            self._want_logits = False
         if logits is not None and torch.is_tensor(labels):
             labels = labels[:, (labels != -100).any(0)]
         return loss, logits, labels
