@@ -60,11 +60,8 @@ class ExperimentConfig:
     # --task real (focusft.experiments.real): a real pretrained base, inner loop chosen on validation
     real_train_lengths: list[int] = field(default_factory=lambda: [0, 256, 512])
     real_train_samples: int = 16  # per (task, length)
-    agentic_tasks: list[str] = field(default_factory=lambda: ["lookup", "compare"])
-    agentic_train_lengths: list[int] = field(default_factory=lambda: [1024])
     real_eval_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
     real_eval_tasks: list[str] = field(default_factory=lambda: ["qa1", "qa2", "qa3"])  # held out
-    eval_batch: int = 4
     validation_samples: int = 4  # per task, at the longest trained length
     attention_length: int = 4096
     select: bool = True  # choose (K, inner lr) per objective on validation data first
@@ -93,7 +90,7 @@ PRESETS = {
 # 0.2), 360 pooled over the 3 lengths (+-4.6).
 REAL_PRESETS = {
     "full": dict(base=None, seeds=[0, 1], real_train_lengths=[0, 256, 512], real_train_samples=18,
-                 agentic_tasks=[], steps=64, batch_size=4, learning_rate=5e-5, warmup_steps=6,
+                 steps=64, batch_size=4, learning_rate=5e-5, warmup_steps=6,
                  diagnostics_steps=32, real_eval_lengths=[512, 1024, 2048],
                  real_eval_tasks=["qa1", "qa2", "qa3", "qa4", "qa5"], eval_samples=12,
                  validation_samples=4, attention_length=2048,
@@ -101,12 +98,12 @@ REAL_PRESETS = {
     # a smoke test of the whole pipeline in <= 10 minutes: no selection (K 2, inner lr 0.1), one
     # seed, one row per (task, length)
     "quick": dict(base=None, seeds=[0], real_train_lengths=[0, 256], real_train_samples=2,
-                  agentic_tasks=[], tasks=["qa1", "qa2"], steps=3, batch_size=2,
+                  tasks=["qa1", "qa2"], steps=3, batch_size=2,
                   learning_rate=2e-5, warmup_steps=1, diagnostics_steps=3,
                   real_eval_lengths=[512, 1024], real_eval_tasks=["qa1", "qa2"], eval_samples=1,
                   validation_samples=2, attention_length=1024, select=False,
                   select_grid=[[2, 0.1]], leakage_samples=2),
-    "smoke": dict(seeds=[0, 1], real_train_lengths=[0], real_train_samples=1, agentic_tasks=[],
+    "smoke": dict(seeds=[0, 1], real_train_lengths=[0], real_train_samples=1,
                   tasks=["qa1"], steps=1, batch_size=1, warmup_steps=0, diagnostics_steps=1,
                   real_eval_lengths=[0, 256], real_eval_tasks=["qa1"], eval_samples=2,
                   validation_samples=1, attention_length=256, select_grid=[[1, 0.1], [1, 0.3]],

@@ -52,7 +52,7 @@ PROBES = {"trained": "probe.jsonl", "long": "probe_long.jsonl"}  # attention pro
 
 def resolve_base(cfg: ExperimentConfig, log) -> str:
     """The base directory: ``--base DIR`` as given, else the packaged SmolLM2 (cached)."""
-    if cfg.base not in (None, "scratch", "pretrain", REAL_BASE):
+    if cfg.base not in (None, "scratch", REAL_BASE):
         return cfg.base
     from focusft.sources.pretrained import obtain
 
