@@ -58,6 +58,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from focusft.errors import UserError
 from focusft.core import sequence_parallel
 from focusft.core.masks import AttentionLayout, Block, window_binds
+from focusft.core.sdpa_backends import on_fused_kernels
 from focusft.core.tiled_attention import block_tiles, tiled_attention
 
 NAME = "focusft"
@@ -91,6 +92,7 @@ def _tile_attention(q, k, v, tile, scale, dropout) -> torch.Tensor:
         dropout_p=dropout, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
+@on_fused_kernels  # CUDA: flash / memory-efficient / cuDNN only, or a UserError
 def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dropout=0.0, *,
                      window: int | None = None, softcap: float | None = None,
                      sinks: torch.Tensor | None = None) -> torch.Tensor:
