@@ -48,7 +48,9 @@ query 4 sees keys 3..4, as in the model's own sliding attention. A window with W
 length changes nothing. The window is a property of a decoder layer, not of the batch: the
 layout stays one per batch and `focusft.core.attention` applies W per call (`window_binds`).
 
-The dense boolean mask (`dense_mask`) exists only as the reference the tests compare with.
+FlexAttention's BlockMask of a layout is built from the same (lo, hi) ranges, tile by tile
+(`focusft.core.block_mask`). The dense boolean mask (`dense_mask`) exists only as the
+reference the tests compare with.
 """
 
 from __future__ import annotations

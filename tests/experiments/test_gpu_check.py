@@ -70,7 +70,7 @@ def fake_report():
                              "passed": False},
                 "train": {"runs": {"flex": {"status": "ok", "losses": [12.1, 11.9, 11.7], "wall_s": 80.0}},
                           "passed": True},
-                "syncs": {"kernels": {"flex": {"total": 3, "sites": {"core/step.py:62 (_make_targets)": 3}}},
+                "syncs": {"kernels": {"flex": {"total": 3, "sites": {"core/step.py:62 (_make_targets)": 3}, "recompiled": 0}},
                           "passed": True},
                 "bench": {"cells": [{"kernel": "sdpa", "turns": 1, "status": "ok", "command": "focusft bench --x",
                                      "results": [{"method": "focusft", "seq_len": 4096, "status": "ok",
@@ -82,7 +82,7 @@ def fake_report():
 def test_page_names_the_device_and_every_result():
     page = gpu_check.render_page(fake_report())
     for text in ("NVIDIA H100 80GB HBM3", "torch 2.13.0", "| backward | bfloat16 | 3.0e-03 | 9.0e-03 | 2e-02 / 5e-02 | pass |",
-                 "error: boom", "12.100, 11.900, 11.700", "`core/step.py:62 (_make_targets)` (3)",
+                 "error: boom", "12.100, 11.900, 11.700", "`core/step.py:62 (_make_targets)` (3) | 0 |",
                  "| sdpa | 1 | focusft | 4096 | 0.50 | 3.00 | ok |", "not run (time budget)",
                  "no --turns yet", "    focusft bench --x"):
         assert text in page, text
