@@ -170,8 +170,11 @@ def kernel_check(device: str, dtype: torch.dtype, backward: bool) -> dict:
     return results
 
 
-def run_all(device: str, dtypes=("float32", "bfloat16")) -> list[dict]:
-    """Every check for `device` (forward only off CUDA): rows of the equality table."""
+def run_all(device: str, dtypes=("float32", "bfloat16"), deadline: float | None = None) -> list[dict]:
+    """Every check for `device` (forward only off CUDA): rows of the equality table. A check
+    that would start after `deadline` (time.monotonic) is listed as not run."""
+    import time
+
     backward = device == "cuda"
     plan = [("forward", dict(inner=None, backward=False)),
             ("forward, packed rows", dict(inner=None, backward=False, packed=True))]
@@ -191,6 +194,10 @@ def run_all(device: str, dtypes=("float32", "bfloat16")) -> list[dict]:
         checks = [(name, lambda kw=kw: model_check(device, dtype, **kw)) for name, kw in plan]
         checks.append(("kernel", lambda: kernel_check(device, dtype, backward)))
         for name, check in checks:
+            if deadline is not None and time.monotonic() > deadline:
+                rows.append({"check": name, "dtype": dtype_name, "error": "not run (time budget)",
+                             "passed": False})
+                continue
             try:
                 found = check()
             except Exception as err:  # reported, not raised: the other checks still run

@@ -81,7 +81,7 @@ def machine(device: str) -> dict:
 def part_equality(args, deadline) -> dict:
     from focusft.experiments.flex_equality import run_all
 
-    rows = run_all(args.device)
+    rows = run_all(args.device, deadline=deadline)
     return {"rows": rows, "passed": all(r["passed"] for r in rows)}
 
 
@@ -135,11 +135,19 @@ def logged_losses(text: str) -> list[float]:
     return losses
 
 
+def run_losses(run_dir: Path, text: str) -> list[float]:
+    """The logged losses of a finished run: its result.json's history, else its printed logs."""
+    result = run_dir / "result.json"
+    if result.exists():
+        return [float(h["loss"]) for h in json.loads(result.read_text()).get("history", []) if "loss" in h]
+    return logged_losses(text)
+
+
 def part_train(args, deadline) -> dict:
     root = Path(tempfile.mkdtemp(prefix="gpu-check-train-"))
     model, data = _model_dir(root), _train_data(root)
     runs = {}
-    for kernel in ("sdpa", "flex"):
+    for kernel in ("flex", "sdpa"):  # flex first: the run no GPU has made yet
         left = deadline - time.monotonic()
         if left < 30:
             runs[kernel] = {"status": "not run (time budget)"}
@@ -150,7 +158,8 @@ def part_train(args, deadline) -> dict:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
             text = proc.stdout + proc.stderr
             runs[kernel] = {"status": "ok" if proc.returncode == 0 else f"exit {proc.returncode}",
-                            "losses": logged_losses(text), "tail": text[-1500:] if proc.returncode else ""}
+                            "losses": run_losses(root / f"run-{kernel}", text),
+                            "tail": text[-1500:] if proc.returncode else ""}
         except subprocess.TimeoutExpired:
             runs[kernel] = {"status": "timed out (time budget)"}
         runs[kernel].update(wall_s=round(time.monotonic() - start, 1),
@@ -266,6 +275,18 @@ def part_bench(args, deadline) -> dict:
     return {"cells": cells, "note": note, "passed": all(c["status"] == "ok" for c in cells)}
 
 
+def part_deadline(parts: list[str], now: float, deadline: float) -> float:
+    """When parts[0] must stop starting new work: its WEIGHT's share of the time left (time a
+    part does not use goes to the ones after it; the last one gets all that is left).
+
+    >>> part_deadline(["syncs", "bench"], 0.0, 60.0), part_deadline(["bench"], 0.0, 60.0)
+    (15.0, 60.0)
+    """
+    weights = [WEIGHT[p] for p in parts]
+    return now + (deadline - now) * weights[0] / sum(weights)
+
+
+WEIGHT = {"equality": 3, "train": 3, "syncs": 1, "bench": 3}  # of the --budget, roughly
 RUNNERS = {"equality": part_equality, "train": part_train, "syncs": part_syncs, "bench": part_bench}
 
 
@@ -373,13 +394,13 @@ def run(args) -> dict:
     report = {"command": "python -m focusft.experiments.gpu_check " + " ".join(args.argv),
               "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": machine(args.device), "parts": {}, "wall_s": 0.0}
-    for name in args.parts:
+    for i, name in enumerate(args.parts):
         if time.monotonic() > deadline - 20:
             report["parts"][name] = {"skipped": "the time budget (--budget) was spent", "passed": False}
         else:
             began = time.monotonic()
             try:
-                report["parts"][name] = RUNNERS[name](args, deadline)
+                report["parts"][name] = RUNNERS[name](args, part_deadline(args.parts[i:], began, deadline))
             except Exception as err:  # one broken part must not hide the others' results
                 report["parts"][name] = {"error": f"{type(err).__name__}: {err}"[:800], "passed": False,
                                          "trace": traceback.format_exc()[-3000:]}

@@ -24,6 +24,12 @@ def test_logged_losses_reads_trainer_log_lines():
     assert gpu_check.logged_losses(text) == [11.25, 10.5]
 
 
+def test_run_losses_prefer_the_result_file(tmp_path):
+    (tmp_path / "result.json").write_text(json.dumps({"history": [{"loss": 2.5}, {"eval": 1}, {"loss": 2.25}]}))
+    assert gpu_check.run_losses(tmp_path, "{'loss': 9.0}") == [2.5, 2.25]
+    assert gpu_check.run_losses(tmp_path / "none", "{'loss': 9.0}") == [9.0]
+
+
 def test_bench_command_spells_the_qwen_shape_and_turns():
     cmd = gpu_check.bench_command(Path("o"), "4k,16k", "flex", 64, 100)
     text = " ".join(cmd)
