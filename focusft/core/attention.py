@@ -32,8 +32,8 @@ What else a family's attention call asks for (`attention_features`):
 A layout that carries a FlexAttention ``BlockMask`` (`AttentionLayout.with_block_mask`, for
 CUDA, where FlexAttention compiles to fused kernels and has a backward) is computed by one
 ``flex_attention`` call over the whole batch instead: a window through a BlockMask of the
-windowed key ranges, a soft-cap as its ``score_mod``; with sinks it takes the tiled path above
-(exact on any device).
+windowed key ranges, a soft-cap as its ``score_mod``, sinks through its log-sum-exp, the last
+layer through the tail's own BlockMask (`focusft.core.block_mask`).
 
 Under sequence parallelism (`focusft.core.sequence_parallel.active`) a layout call gets this
 rank's shard of the positions; the query, key and value are exchanged so that the call above
@@ -58,6 +58,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from focusft.errors import UserError
 from focusft.core import sequence_parallel
 from focusft.core.masks import AttentionLayout, Block, window_binds
+from focusft.core.sdpa_backends import on_fused_kernels
 from focusft.core.tiled_attention import block_tiles, tiled_attention
 
 NAME = "focusft"
@@ -91,6 +92,7 @@ def _tile_attention(q, k, v, tile, scale, dropout) -> torch.Tensor:
         dropout_p=dropout, scale=scale, enable_gqa=q.shape[1] != k.shape[1])
 
 
+@on_fused_kernels  # CUDA: flash / memory-efficient / cuDNN only, or a UserError
 def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dropout=0.0, *,
                      window: int | None = None, softcap: float | None = None,
                      sinks: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,13 +152,21 @@ _compiled_flex = None
 
 
 def flex_layout_attention(query, key, value, layout: AttentionLayout, scale=None,
-                          softcap: float | None = None, window: int | None = None) -> torch.Tensor:
+                          softcap: float | None = None, window: int | None = None,
+                          sinks: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
     """FlexAttention over the layout's BlockMask (compiled on CUDA). (B, H, S, D) -> (B, S, H, D).
 
     A window uses the layout's BlockMask under that window (`AttentionLayout.block_mask_for`); a
-    soft-cap is a ``score_mod``: score -> softcap * tanh(score / softcap)."""
+    soft-cap is a ``score_mod``: score -> softcap * tanh(score / softcap). Sinks (H,) come in
+    through the returned log-sum-exp L of each query: with the sink term in the denominator the
+    output is out * exp(L) / (exp(L) + exp(sink)) = out * sigmoid(L - sink) (a query that sees
+    nothing keeps 0)."""
     global _compiled_flex
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import AuxRequest, flex_attention
+
+    if dropout:
+        raise UserError(f"attention dropout {dropout:g} is not supported by --attention_kernel flex; "
+                        "set the model config's attention_dropout to 0 or use the sdpa kernel.")
 
     fn = flex_attention
     if query.is_cuda:
@@ -167,8 +177,13 @@ def flex_layout_attention(query, key, value, layout: AttentionLayout, scale=None
         def score_mod(score, b, h, q, k):
             return softcap * torch.tanh(score / softcap)
     gqa = query.shape[1] != key.shape[1]
+    aux = None if sinks is None else AuxRequest(lse=True)
     out = fn(query, key, value, score_mod=score_mod, block_mask=layout.block_mask_for(window),
-             scale=scale, enable_gqa=gqa)
+             scale=scale, enable_gqa=gqa, return_aux=aux)
+    if sinks is not None:
+        out, aux = out
+        keep = torch.sigmoid(aux.lse - sinks.float().view(1, -1, 1))  # (B, H, S)
+        out = out * keep[..., None].to(out.dtype)
     return out.transpose(1, 2).contiguous()
 
 
@@ -202,8 +217,9 @@ def _layout_call(module, query, key, value, layout: AttentionLayout, scaling, dr
                          f"attention got {query.shape[0]} x {query.shape[2]}")
     if layout.tail is not None and getattr(module, "layer_idx", None) == layout.tail_layer:
         layout = layout.tail  # the last layer: only the rows that reach the loss
-    if layout.block_mask is not None and feat.sinks is None:
-        return flex_layout_attention(query, key, value, layout, scaling, feat.softcap, feat.window)
+    if layout.block_mask is not None:
+        return flex_layout_attention(query, key, value, layout, scaling, feat.softcap, feat.window,
+                                     feat.sinks, dropout)
     return layout_attention(query, key, value, layout, scaling, dropout, window=feat.window,
                             softcap=feat.softcap, sinks=feat.sinks)
 

@@ -48,7 +48,9 @@ query 4 sees keys 3..4, as in the model's own sliding attention. A window with W
 length changes nothing. The window is a property of a decoder layer, not of the batch: the
 layout stays one per batch and `focusft.core.attention` applies W per call (`window_binds`).
 
-The dense boolean mask (`dense_mask`) exists only as the reference the tests compare with.
+FlexAttention's BlockMask of a layout is built from the same (lo, hi) ranges, tile by tile
+(`focusft.core.block_mask`). The dense boolean mask (`dense_mask`) exists only as the
+reference the tests compare with.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from typing import Any, Sequence
 
 import torch
 
+from focusft.core.block_mask import from_key_ranges, to_device
 
 @dataclass(frozen=True)
 class Block:
@@ -145,15 +148,21 @@ class AttentionLayout:
     tail_keep: Any = field(default=None, compare=False)  # (P,) positions needed in some row
     window_masks: dict = field(default_factory=dict, compare=False, repr=False)  # block_mask_for
 
-    def with_tail(self, needed: torch.Tensor, layer: int) -> "AttentionLayout":
+    def with_tail(self, needed: torch.Tensor, layer: int, device=None) -> "AttentionLayout":
         """This layout, whose decoder layer `layer` (the last one) computes attention only for
-        the query positions in `needed` (B, S bool; see `query_blocks`); its other rows get
-        zeros. Exact for any loss taken at `needed` positions only: those rows of the last
-        layer reach nothing else. ``tail_keep``: the positions needed in at least one row (the
-        rows the last layer's MLP computes, `focusft.core.last_layer`)."""
+        the query positions in `needed` (B, S bool, on the CPU; see `query_blocks`); its other
+        rows get zeros. Exact for any loss taken at `needed` positions only: those rows of the
+        last layer reach nothing else. ``tail_keep``: the positions needed in at least one row
+        (the rows the last layer's MLP computes, `focusft.core.last_layer`), copied to `device`
+        once here. A layout with a BlockMask gives its tail one too (same device)."""
         rows = tuple(tuple(query_blocks(blocks, row)) for blocks, row in zip(self.rows, needed.tolist()))
         keep = needed.any(0).nonzero(as_tuple=True)[0]
-        return replace(self, tail=AttentionLayout(rows, self.seq_len), tail_layer=layer, tail_keep=keep)
+        if device is not None:
+            keep = to_device(keep, device)
+        tail = AttentionLayout(rows, self.seq_len)
+        if self.block_mask is not None:
+            tail = tail.with_block_mask(self.block_mask.kv_num_blocks.device)
+        return replace(self, tail=tail, tail_layer=layer, tail_keep=keep)
 
     def with_block_mask(self, device) -> "AttentionLayout":
         """This layout plus a FlexAttention BlockMask of the same key ranges (built once per batch)."""
@@ -168,14 +177,8 @@ class AttentionLayout:
         return self.window_masks[window]
 
     def _block_mask(self, device, window: int | None):
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        lo, hi = (t.to(device) for t in self.key_ranges(window))
-
-        def allowed(b, h, q, k):
-            return (k >= lo[b, q]) & (k < hi[b, q])
-
-        return create_block_mask(allowed, len(self.rows), None, self.seq_len, self.seq_len, device=device)
+        """The BlockMask of `key_ranges(window)`, from the ranges alone (`focusft.core.block_mask`)."""
+        return from_key_ranges(*self.key_ranges(window), device)
 
     @classmethod
     def glm(cls, loss_mask: torch.Tensor, lengths: Sequence[int],

@@ -65,14 +65,16 @@ class Targets:
     tokens: torch.Tensor  # (T,)
     samples: torch.Tensor  # (T,) sample of each target (= row unless rows are packed)
     n_samples: int
-    counts: torch.Tensor | None = None  # (N,) targets per sample, if not these (a shard's, SP)
+    counts: torch.Tensor | None = None  # (N,) targets per sample (a shard: the whole sequence's, SP)
 
 
 def _make_targets(mask: torch.Tensor, tokens_at, sample_index: torch.Tensor | None) -> Targets:
     rows, cols = mask.nonzero(as_tuple=True)
     samples = rows if sample_index is None else sample_index[rows, cols]
     n = mask.shape[0] if sample_index is None else int(sample_index.max()) + 1
-    return Targets(rows, cols, tokens_at(rows, cols), samples, n)
+    # Counted once per batch here: a bincount on CUDA waits for the device (its output size
+    # depends on the data), and the inner loop reads the counts at every step.
+    return Targets(rows, cols, tokens_at(rows, cols), samples, n, torch.bincount(samples, minlength=n))
 
 
 def response_targets(labels: torch.Tensor, sample_index: torch.Tensor | None = None) -> Targets:
@@ -260,7 +262,8 @@ def outer_logits(model, batch: dict, layout: AttentionLayout):
     # inner loop, which runs under this layout), unless a router loss reads its router logits
     # at every position.
     if aux is None and sequence_parallel.current() is None:  # a shard has no whole rows
-        layout = layout.with_tail((labels != -100).cpu(), len(models.decoder_layers(model)) - 1)
+        layout = layout.with_tail((labels != -100).cpu(), len(models.decoder_layers(model)) - 1,
+                                  labels.device)  # tail_keep copied to the device once
         if "sample_index" in batch:  # packed rows: the fast weights index the last layer's MLP
             layout = replace(layout, tail_keep=None)  # by position, so it runs on every row
     out = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"), layout=layout,

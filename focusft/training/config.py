@@ -102,7 +102,8 @@ class FocusConfig(TrainingArguments):
         "glm (context turns bidirectional, responses causal) | causal (plain causal mask)."))
     attention_kernel: str = field(default="sdpa", metadata=_help(
         "sdpa (block by block through SDPA; CPU and CUDA) | flex (one FlexAttention BlockMask "
-        "call, compiled; CUDA only: FlexAttention has no CPU backward in torch 2.13)."))
+        "call, compiled; CUDA only: FlexAttention has no CPU backward in torch 2.13; not yet run on "
+        "a GPU, scripts/gpu_check.sh is its check)."))
     inner_steps: int = field(default=2, metadata=_help(
         "Inner SGD steps K per micro-batch (0 = SFT). If the trainer warns that the inner loop "
         "hurts (inner_harm above --harm_warn_ratio), fewer steps (1) is one fix."))
