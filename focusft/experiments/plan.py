@@ -97,11 +97,11 @@ REAL_PRESETS = {
                  select_grid=[[2, 0.03], [2, 0.1], [2, 0.3]], select_steps=8, leakage_samples=8),
     # a smoke test of the whole pipeline in <= 10 minutes: no selection (K 2, inner lr 0.1), one
     # seed, one row per (task, length)
-    "quick": dict(base=None, seeds=[0], real_train_lengths=[0, 256], real_train_samples=2,
-                  tasks=["qa1", "qa2"], steps=3, batch_size=2,
-                  learning_rate=2e-5, warmup_steps=1, diagnostics_steps=3,
-                  real_eval_lengths=[512, 1024], real_eval_tasks=["qa1", "qa2"], eval_samples=1,
-                  validation_samples=2, attention_length=1024, select=False,
+    "quick": dict(base=None, seeds=[0], real_train_lengths=[0], real_train_samples=2,
+                  tasks=["qa1", "qa2"], steps=2, batch_size=2,
+                  learning_rate=2e-5, warmup_steps=1, diagnostics_steps=2,
+                  real_eval_lengths=[512], real_eval_tasks=["qa1", "qa2"], eval_samples=1,
+                  validation_samples=2, attention_length=512, select=False,
                   select_grid=[[2, 0.1]], leakage_samples=2),
     "smoke": dict(seeds=[0, 1], real_train_lengths=[0], real_train_samples=1,
                   tasks=["qa1"], steps=1, batch_size=1, warmup_steps=0, diagnostics_steps=1,
