@@ -11,18 +11,26 @@ that supports the attention interface (Llama, Qwen2/3, Mistral, Gemma, ...) can 
     last layer (with_tail): only the blocks holding positions where logits are taken, each
                             from its first such query; other rows out = 0
 
-A response block whose keys start at its own first query is plain ``is_causal=True`` (the
-fast kernels). The lower-right causal bias materialises at most (e - s) x (e - k0) booleans on
-CPU, small for a response block.
+All these SDPA calls of one attention call are one autograd node
+(`focusft.core.block_attention`), which writes the gradients of every block into dq, dk, dv
+allocated once. A block of at least GROUP_ROWS queries is a piece of its own (a square causal
+one: the kernel's causal flag; a lower-right causal one: tiles of queries, each with its
+mask); shorter blocks (many turns: a few tokens each) are gathered, run by run, into tiles of
+about a hundred queries with one visibility mask each (`tiled_attention.group_tiles`), so a
+row of T turns costs its block-sparse work and O(S / tile) kernel calls, not O(T) calls each
+with a gradient of the whole sequence. With attention dropout every block is its own SDPA
+call under autograd (as the random mask must be drawn once).
 
 What else a family's attention call asks for (`attention_features`):
 
     sliding_window=W   blocks that W changes (e - k0 > W; window defined in `focusft.core.masks`):
-                       a response block through SDPA tile by tile (tiles of at most W queries,
-                       each with at most 2W keys and its own mask), a context block through the
-                       tiled explicit math of `focusft.core.tiled_attention`; the other blocks
-                       through SDPA as above, so W >= the row length changes nothing
-    softcap=c          (Gemma 2) every block through the tiled explicit math
+                       a long response block through SDPA tile by tile (tiles of at most W
+                       queries, each with at most 2W keys and its own mask), a long context
+                       block through the tiled explicit math of `focusft.core.tiled_attention`,
+                       short blocks in gathered tiles whose masks hold the window; the other
+                       blocks through SDPA as above, so W >= the row length changes nothing
+    softcap=c          (Gemma 2) every block through the tiled explicit math (short blocks
+                       gathered into tiles as above)
     s_aux=sinks        (GPT-OSS) every block through the tiled explicit math; gradients reach
                        the sink logits
     anything else      an unknown non-None argument, or a config.layer_types entry other than

@@ -133,10 +133,13 @@ class Calls(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if "flash_attention_for_cpu" in str(func):
+        if "flash_attention_for_cpu" in str(func):  # a piece's output and gradients
             self.kernel += 1
+            return out
+        inputs = {t.untyped_storage().data_ptr() for t in args if isinstance(t, torch.Tensor)}
         for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and not t._is_view() and t.dim() == 4 and t.shape[2] == self.seq:
+            if (isinstance(t, torch.Tensor) and t.dim() == 4 and t.shape[2] == self.seq
+                    and t.untyped_storage().data_ptr() not in inputs):  # made, not a view
                 self.whole += 1
         return out
 
