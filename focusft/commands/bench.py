@@ -47,8 +47,10 @@ def register(subparsers) -> None:
     m.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="weights and activations (default float32)")
     s = p.add_argument_group("step")
-    s.add_argument("--response-tokens", type=int, default=64,
-                   help="assistant tokens at the end of the sequence (the response block)")
+    s.add_argument("--response-tokens", type=int, default=None,
+                   help="assistant tokens at the end of the sequence (the response block; default 64)")
+    s.add_argument("--turns", type=int, default=0,
+                   help="N turns of S/N tokens instead, the last 1/8 of each its response")
     s.add_argument("--inner-steps", type=int, default=2, help="FocuSFT inner SGD steps K")
     s.add_argument("--fast-rank", type=int, default=32, help="fast LoRA rank")
     s.add_argument("--fast-alpha", type=float, default=64.0, help="fast LoRA alpha")
@@ -86,11 +88,13 @@ def spec_from_args(args):
              "tied": None if args.tied is None else args.tied == "true"}
     model = ModelSpec(**{**asdict(base), **{k: v for k, v in given.items() if v is not None}})
     lengths = args.lengths or ("256,512" if args.tiny else "1k,2k,4k,8k,16k")
+    if args.turns and args.response_tokens is not None:
+        raise UserError("--turns sets the response tokens (1/8 of every turn): leave out --response-tokens")
     try:
         return BenchSpec(
             model=model, methods=tuple(split_items(args.methods)),
             lengths=tuple(parse_length(x) for x in split_items(lengths)),
-            repeats=args.repeats, warmup=args.warmup, response_tokens=args.response_tokens,
+            repeats=args.repeats, warmup=args.warmup, response_tokens=args.response_tokens or 64, turns=args.turns,
             device=args.device, threads=args.threads, attention_kernel=args.attention_kernel,
             live_memory=not args.no_live_memory, inner_steps=args.inner_steps,
             fast_rank=args.fast_rank, fast_alpha=args.fast_alpha,
@@ -110,7 +114,8 @@ def canonical_command(spec, out: str) -> str:
         "--layers", m.layers, "--hidden", m.hidden, "--heads", m.heads, "--kv-heads", m.kv_heads,
         "--intermediate", m.intermediate, "--vocab", m.vocab, "--dtype", m.dtype,
         "--family", m.family, "--tied", str(m.tied).lower(),
-        "--response-tokens", spec.response_tokens, "--inner-steps", spec.inner_steps,
+        *(("--turns", spec.turns) if spec.turns else ("--response-tokens", spec.response_tokens)),
+        "--inner-steps", spec.inner_steps,
         "--fast-rank", spec.fast_rank, "--fast-alpha", f"{spec.fast_alpha:g}",
         "--fast-layer-fraction", f"{spec.fast_layer_fraction:g}", "--seed", spec.seed,
         "--device", spec.device, "--attention-kernel", spec.attention_kernel,

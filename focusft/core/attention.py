@@ -11,18 +11,26 @@ that supports the attention interface (Llama, Qwen2/3, Mistral, Gemma, ...) can 
     last layer (with_tail): only the blocks holding positions where logits are taken, each
                             from its first such query; other rows out = 0
 
-A response block whose keys start at its own first query is plain ``is_causal=True`` (the
-fast kernels). The lower-right causal bias materialises at most (e - s) x (e - k0) booleans on
-CPU, small for a response block.
+All these SDPA calls of one attention call are one autograd node
+(`focusft.core.block_attention`), which writes the gradients of every block into dq, dk, dv
+allocated once. A block of at least GROUP_ROWS queries is a piece of its own (a square causal
+one: the kernel's causal flag; a lower-right causal one: tiles of queries, each with its
+mask); shorter blocks (many turns: a few tokens each) are gathered, run by run, into tiles of
+about a hundred queries with one visibility mask each (`tiled_attention.group_tiles`), so a
+row of T turns costs its block-sparse work and O(S / tile) kernel calls, not O(T) calls each
+with a gradient of the whole sequence. With attention dropout every block is its own SDPA
+call under autograd (as the random mask must be drawn once).
 
 What else a family's attention call asks for (`attention_features`):
 
     sliding_window=W   blocks that W changes (e - k0 > W; window defined in `focusft.core.masks`):
-                       a response block through SDPA tile by tile (tiles of at most W queries,
-                       each with at most 2W keys and its own mask), a context block through the
-                       tiled explicit math of `focusft.core.tiled_attention`; the other blocks
-                       through SDPA as above, so W >= the row length changes nothing
-    softcap=c          (Gemma 2) every block through the tiled explicit math
+                       a long response block through SDPA tile by tile (tiles of at most W
+                       queries, each with at most 2W keys and its own mask), a long context
+                       block through the tiled explicit math of `focusft.core.tiled_attention`,
+                       short blocks in gathered tiles whose masks hold the window; the other
+                       blocks through SDPA as above, so W >= the row length changes nothing
+    softcap=c          (Gemma 2) every block through the tiled explicit math (short blocks
+                       gathered into tiles as above)
     s_aux=sinks        (GPT-OSS) every block through the tiled explicit math; gradients reach
                        the sink logits
     anything else      an unknown non-None argument, or a config.layer_types entry other than
@@ -58,10 +66,12 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from focusft.errors import UserError
 from focusft.core import sequence_parallel
 from focusft.core.masks import AttentionLayout, Block, window_binds
+from focusft.core.block_attention import pieces_attention
 from focusft.core.sdpa_backends import on_fused_kernels
-from focusft.core.tiled_attention import block_tiles, tiled_attention
+from focusft.core.tiled_attention import Tile, block_tiles, group_tiles, tiled_attention
 
 NAME = "focusft"
+GROUP_ROWS = 64  # blocks with fewer queries: gathered into tiles of the explicit math
 
 
 def _block_attention(q, k, v, blk: Block, scale, dropout) -> torch.Tensor:
@@ -104,18 +114,27 @@ def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dro
     go through SDPA; the others through the tiled explicit math of `focusft.core.tiled_attention`.
     """
     explicit = softcap is not None or sinks is not None  # every block: SDPA cannot
-    tiles, parts = [], []
+    heads = query.shape[1]
+    tiles, pieces, parts = [], [], []  # explicit math; one SDPA node; SDPA per block (dropout)
     for b, blocks in enumerate(layout.rows):
-        row = []
+        row, short = [], []
         q, k, v = query[b : b + 1], key[b : b + 1], value[b : b + 1]
         for blk in blocks:
+            if blk.end - blk.start < GROUP_ROWS and not dropout:
+                short.append(blk)  # gathered with its short neighbours into one piece
+                continue
+            (tiles if explicit else pieces).extend(group_tiles(b, short, window, heads))
+            short = []
             if explicit or (window_binds(blk, window) and not blk.causal):
-                tiles += block_tiles(b, blk, window, query.shape[1])
-            elif window_binds(blk, window):  # causal under a window: SDPA tile by tile
+                tiles += block_tiles(b, blk, window, heads)
+            elif dropout and window_binds(blk, window):  # causal under a window: tile by tile
                 row += [(t.start, _tile_attention(q, k, v, t, scale, dropout))
-                        for t in block_tiles(0, blk, window, query.shape[1])]
-            else:
+                        for t in block_tiles(0, blk, window, heads)]
+            elif dropout:
                 row.append((blk.start, _block_attention(q, k, v, blk, scale, dropout)))
+            else:
+                pieces += _block_pieces(b, blk, window, heads)
+        (tiles if explicit else pieces).extend(group_tiles(b, short, window, heads))
         parts.append(row)
     if tiles and dropout:
         raise UserError(f"attention dropout {dropout:g} together with a soft-cap, attention sinks or "
@@ -123,12 +142,24 @@ def layout_attention(query, key, value, layout: AttentionLayout, scale=None, dro
                         "attention; set the model config's attention_dropout to 0.")
     tile_scale = query.shape[-1] ** -0.5 if scale is None else scale  # SDPA's default
     out = tiled_attention(query, key, value, tiles, tile_scale, softcap, sinks) if tiles else None
+    if pieces:
+        dense = pieces_attention(query, key, value, pieces, scale)
+        out = dense if out is None else out + dense  # disjoint query rows
     if any(parts):
         dense = _assemble(parts, query, value)
-        out = dense if out is None else out + dense  # disjoint query rows
+        out = dense if out is None else out + dense
     if out is None:
         out = query.new_zeros(*query.shape[:3], value.shape[-1])
     return out.transpose(1, 2).contiguous()
+
+
+def _block_pieces(row: int, blk: Block, window: int | None, heads: int) -> list[Tile]:
+    """The SDPA pieces of a long block: the whole block, when every query sees all its keys
+    (dense) or it is square causal; else its query tiles (`block_tiles`), each with its mask."""
+    whole = Tile(row, blk.start, blk.end, blk.key_start, blk.end, blk, window)
+    if not window_binds(blk, window) and (not blk.causal or blk.start == blk.key_start):
+        return [whole]
+    return block_tiles(row, blk, window, heads)
 
 
 def _assemble(parts, query, value) -> torch.Tensor:

@@ -30,7 +30,7 @@ input dtype (as transformers' eager attention does for its softmax).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -72,6 +72,84 @@ class Tile:
             hidden = early if hidden is None else hidden | early
         return hidden
 
+    @property
+    def rows(self) -> int:
+        return self.end - self.start
+
+    def index(self, device) -> slice:
+        """The tile's query positions in its row (a slice: they are consecutive)."""
+        return slice(self.start, self.end)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Several short blocks of row `row` in one tile: the queries of every block (consecutive
+    positions, or gathered where the blocks leave gaps, as in the last layer's tail) against
+    keys [key_start, key_end), each query with its own key range lo(q) <= k < hi(q)."""
+
+    row: int
+    blocks: tuple[Block, ...]
+    window: int | None
+    lo: tuple[int, ...] = field(init=False, repr=False)
+    hi: tuple[int, ...] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        lo, hi = [], []
+        for blk in self.blocks:
+            probe = Tile(self.row, blk.start, blk.end, 0, 0, blk, self.window)
+            lo += [probe.lo(q) for q in range(blk.start, blk.end)]
+            hi += [probe.hi(q) for q in range(blk.start, blk.end)]
+        object.__setattr__(self, "lo", tuple(lo))
+        object.__setattr__(self, "hi", tuple(hi))
+
+    @property
+    def key_start(self) -> int:
+        return min(self.lo)
+
+    @property
+    def key_end(self) -> int:
+        return max(self.hi)
+
+    @property
+    def rows(self) -> int:
+        return len(self.lo)
+
+    def index(self, device) -> slice | torch.Tensor:
+        """The group's query positions in its row: a slice where they are consecutive."""
+        if all(a.end == b.start for a, b in zip(self.blocks, self.blocks[1:])):
+            return slice(self.blocks[0].start, self.blocks[-1].end)
+        return torch.tensor([q for blk in self.blocks for q in range(blk.start, blk.end)], device=device)
+
+    def hidden(self, device) -> torch.Tensor | None:
+        """(queries, keys) bool, True where a key is hidden; None when every key is visible."""
+        if max(self.lo) == self.key_start and min(self.hi) == self.key_end:
+            return None
+        k = torch.arange(self.key_start, self.key_end, device=device)
+        lo = torch.tensor(self.lo, device=device)[:, None]
+        hi = torch.tensor(self.hi, device=device)[:, None]
+        return (k < lo) | (k >= hi)
+
+
+def group_tiles(row: int, blocks: list[Block], window: int | None, heads: int) -> list[Group]:
+    """Consecutive short blocks of one row gathered into `Group` tiles: a tile grows block by
+    block while heads x queries x keys stays within TILE_ELEMENTS and its queries within
+    MAX_ROWS (or it has fewer than MIN_ROWS queries); blocks of another sample (another
+    key_start) start a new tile."""
+    tiles, run, rows = [], [], 0
+    for blk in blocks:
+        n = blk.end - blk.start
+        if run:
+            keys = blk.end - min(b.key_start for b in run + [blk])
+            fits = rows + n <= MAX_ROWS and heads * (rows + n) * keys <= TILE_ELEMENTS
+            if blk.key_start != run[0].key_start or (rows >= MIN_ROWS and not fits):
+                tiles.append(Group(row, tuple(run), window))
+                run, rows = [], 0
+        run.append(blk)
+        rows += n
+    if run:
+        tiles.append(Group(row, tuple(run), window))
+    return tiles
+
 
 def tile_rows(heads: int, blk: Block, window: int | None) -> int:
     """Queries per tile, so that heads x rows x keys stays within TILE_ELEMENTS where it can.
@@ -100,13 +178,14 @@ def block_tiles(row: int, blk: Block, window: int | None, heads: int) -> list[Ti
     return tiles
 
 
-def _scores(query, key, t: Tile, scale, softcap, groups):
-    """float32 scores of one tile, (Hkv, G, rows, keys), masked (-inf where hidden).
+def _scores(query, key, t: Tile | Group, rows, scale, softcap, groups):
+    """float32 scores of one tile, (Hkv, G, rows, keys), masked (-inf where hidden); `rows`:
+    the tile's query positions (`Tile.index`).
 
     Returns (q, k, s, capped): q already multiplied by scale (/ softcap), k, the scores, and
     tanh(score / softcap) under a soft-cap (else None). The scale is folded into the small q.
     """
-    q = query[t.row, :, t.start : t.end].float() * (scale if softcap is None else scale / softcap)
+    q = query[t.row, :, rows].float() * (scale if softcap is None else scale / softcap)
     q = q.unflatten(0, (-1, groups))  # (Hkv, G, T, D): head h uses kv head h // G (repeat_kv)
     k = key[t.row, :, t.key_start : t.key_end].float()[:, None]  # (Hkv, 1, L, D)
     s = torch.matmul(q, k.transpose(-1, -2))
@@ -133,12 +212,13 @@ class _TiledAttention(torch.autograd.Function):
         out = query.new_zeros(query.shape)
         lse = query.new_zeros(batch, heads, seq, dtype=torch.float32)
         for t in tiles:
-            _, _, s, _ = _scores(query, key, t, scale, softcap, groups)
-            lse_t = _logsumexp(s, _sink_logits(sinks, groups, t.end - t.start))  # (Hkv, G, T)
+            rows = t.index(query.device)
+            _, _, s, _ = _scores(query, key, t, rows, scale, softcap, groups)
+            lse_t = _logsumexp(s, _sink_logits(sinks, groups, t.rows))  # (Hkv, G, T)
             p = s.sub_(lse_t[..., None]).exp_()
             v = value[t.row, :, t.key_start : t.key_end].float()[:, None]  # (Hkv, 1, L, D)
-            out[t.row, :, t.start : t.end] = torch.matmul(p, v).flatten(0, 1).to(out.dtype)
-            lse[t.row, :, t.start : t.end] = lse_t.flatten(0, 1)
+            out[t.row, :, rows] = torch.matmul(p, v).flatten(0, 1).to(out.dtype)
+            lse[t.row, :, rows] = lse_t.flatten(0, 1)
         ctx.save_for_backward(query, key, value, sinks, out, lse)
         ctx.tiles, ctx.scale, ctx.softcap = tiles, scale, softcap
         return out
@@ -154,8 +234,8 @@ class _TiledAttention(torch.autograd.Function):
         delta = (dout.float() * out.float()).sum(-1)  # (B, H, S): D[q] = dout[q] . out[q]
         k_factor = 1.0 if ctx.softcap is None else ctx.softcap  # q from _scores is scale / softcap
         for t in ctx.tiles:
-            q, k, s, capped = _scores(query, key, t, ctx.scale, ctx.softcap, groups)
-            rows, keys = slice(t.start, t.end), slice(t.key_start, t.key_end)
+            rows, keys = t.index(query.device), slice(t.key_start, t.key_end)
+            q, k, s, capped = _scores(query, key, t, rows, ctx.scale, ctx.softcap, groups)
             lse_t = lse[t.row, :, rows].unflatten(0, (-1, groups))  # (Hkv, G, T)
             d_t = delta[t.row, :, rows].unflatten(0, (-1, groups))
             p = s.sub_(lse_t[..., None]).exp_()  # (Hkv, G, T, L)
@@ -168,7 +248,7 @@ class _TiledAttention(torch.autograd.Function):
             dq[t.row, :, rows] = torch.matmul(ds, k).flatten(0, 1).mul_(ctx.scale)
             dk[t.row, :, keys] += torch.matmul(ds.transpose(-1, -2), q).sum(1).mul_(k_factor)
             if dsink is not None:
-                p_sink = torch.exp(_sink_logits(sinks, groups, t.end - t.start) - lse_t)
+                p_sink = torch.exp(_sink_logits(sinks, groups, t.rows) - lse_t)
                 dsink -= (p_sink * d_t).sum(-1).flatten()
         return (dq.to(query.dtype), dk.to(key.dtype), dv.to(value.dtype),
                 None if dsink is None else dsink.to(sinks.dtype), None, None, None)

@@ -11,7 +11,8 @@ One *step* is exactly what the trainer does per micro-batch, with the product's 
 
 Same model (a Qwen2 built from its config, random weights) and the same batch for all methods:
 batch 1, S tokens, the last ``response_tokens`` of them assistant tokens (one context block
-[0, S - R), then one response block [S - R, S)).
+[0, S - R), then one response block [S - R, S)); with ``turns`` = T, T turns of S / T tokens
+each, the last ``RESPONSE_SHARE`` (1/8) of every turn its response (2T blocks, `turn_spans`).
 
 Measurement (one fresh subprocess per (method, length), driven by the parent, so that every
 peak-memory reading starts clean and an out-of-memory kill costs one cell, not the run):
@@ -48,6 +49,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 METHODS = ("sft-causal", "sft-glm", "focusft")
+RESPONSE_SHARE = 1 / 8  # of every turn, with --turns
 RESULT_TAG = "FOCUSFT_BENCH_RESULT "
 # Step seconds of the public reference code (default model, fp32, batch 1), measured once on
 # REFERENCE_CPU; on another CPU the ratios against them compare two machines.
@@ -91,6 +93,7 @@ class BenchSpec:
     repeats: int = 3
     warmup: int = 1
     response_tokens: int = 64
+    turns: int = 0  # 0: one context block + response_tokens; T: T turns (RESPONSE_SHARE each)
     device: str = "auto"  # auto | cpu | cuda
     attention_kernel: str = "sdpa"  # sdpa (block-prefix SDPA) | flex (FlexAttention, CUDA only)
     live_memory: bool = True  # CPU: one extra profiled step for the live-tensor peak
@@ -113,7 +116,13 @@ class BenchSpec:
             raise ValueError(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError("--repeats must be >= 1 and --warmup >= 0")
-        short = [n for n in self.lengths if n <= self.response_tokens]
+        if self.turns < 0:
+            raise ValueError(f"--turns {self.turns}: give a number of turns >= 1")
+        short = [n for n in self.lengths if n <= self.response_tokens] if not self.turns else \
+            [n for n in self.lengths if n < 2 * self.turns]
+        if short and self.turns:
+            raise ValueError(f"--lengths {short} are too short for {self.turns} turns (--turns): "
+                             "every turn needs a context and a response token")
         if short:
             raise ValueError(f"--lengths {short} leave no context before the "
                              f"{self.response_tokens} response tokens (--response-tokens)")
@@ -125,6 +134,15 @@ class BenchSpec:
         for name in ("methods", "lengths", "fast_target_modules"):
             data[name] = tuple(data[name])
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def describe_batch(spec: dict) -> str:
+    """The batch of a report's spec, in words."""
+    if spec.get("turns"):
+        return (f"1 sequence of S tokens in {spec['turns']} equal turns, the last "
+                f"{RESPONSE_SHARE:.3g} of every turn its response ({2 * spec['turns']} blocks)")
+    return (f"1 sequence of S tokens; the last {spec['response_tokens']} are the response "
+            "(one context block, one response block)")
 
 
 def parse_length(text: str) -> int:
@@ -176,14 +194,33 @@ def build_model(spec: ModelSpec, max_len: int, device: str):
     return model.train()
 
 
-def build_batch(seq_len: int, response_tokens: int, vocab: int, device: str, seed: int) -> dict:
-    """Batch 1: one context block [0, S-R), one response block [S-R, S); labels shifted."""
+def turn_spans(seq_len: int, turns: int) -> list[tuple[int, int, int]]:
+    """(start, response start, end) of each of `turns` turns: equal shares of the row, the
+    last RESPONSE_SHARE of each (at least one token, at most all but one) its response.
+
+    >>> turn_spans(32, 2)
+    [(0, 14, 16), (16, 30, 32)]
+    """
+    spans = []
+    for t in range(turns):
+        a, b = t * seq_len // turns, (t + 1) * seq_len // turns
+        response = min(max(1, round((b - a) * RESPONSE_SHARE)), b - a - 1)
+        spans.append((a, b - response, b))
+    return spans
+
+
+def build_batch(seq_len: int, response_tokens: int, vocab: int, device: str, seed: int,
+                turns: int = 0) -> dict:
+    """Batch 1: one context block [0, S-R), one response block [S-R, S), or `turns` turns
+    (`turn_spans`); labels shifted."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, vocab, (1, seq_len), generator=g)
     loss_mask = torch.zeros(1, seq_len, dtype=torch.bool)
-    loss_mask[:, seq_len - response_tokens:] = True
+    spans = turn_spans(seq_len, turns) if turns else [(0, seq_len - response_tokens, seq_len)]
+    for _, response, end in spans:
+        loss_mask[:, response:end] = True
     labels = torch.full((1, seq_len), -100)
     labels[:, :-1] = torch.where(loss_mask[:, 1:], input_ids[:, 1:], -100)
     batch = {"input_ids": input_ids, "loss_mask": loss_mask, "labels": labels,
@@ -328,7 +365,7 @@ def _setup(spec: BenchSpec, seq_len: int):
     torch.manual_seed(spec.seed)
     load_start = os.getloadavg()
     model = build_model(spec.model, seq_len, device)
-    batch = build_batch(seq_len, spec.response_tokens, spec.model.vocab, device, spec.seed)
+    batch = build_batch(seq_len, spec.response_tokens, spec.model.vocab, device, spec.seed, spec.turns)
     return device, model, batch, load_start
 
 

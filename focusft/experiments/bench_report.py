@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from focusft.errors import UserError
-from focusft.experiments.bench import METHODS, REFERENCE_CPU, REFERENCE_SECONDS, resolve_device
+from focusft.experiments.bench import (METHODS, REFERENCE_CPU, REFERENCE_SECONDS, describe_batch,
+                                      resolve_device)
 from focusft.experiments.bench_sweep import (_cell, growth_exponents, is_reference_model,
                                              run_benchmark, step_seconds)
 
@@ -63,8 +64,7 @@ def render_markdown(report: dict) -> str:
         f"{model['heads']} heads / {model['kv_heads']} KV heads, intermediate "
         f"{model['intermediate']}, vocab {model['vocab']}"
         f"{', tied embeddings' if model.get('tied') else ''}, {model['dtype']}, random weights  ",
-        f"Batch: 1 sequence of S tokens; the last {spec['response_tokens']} are the response "
-        f"(one context block, one response block)  ",
+        f"Batch: {describe_batch(spec)}  ",
         f"Step: layout + forward + backward + AdamW step; FocuSFT adds K = {spec['inner_steps']} "
         f"inner SGD steps (fast LoRA rank {spec['fast_rank']}, alpha {spec['fast_alpha']:g}, "
         f"top {spec['fast_layer_fraction']:.0%} of layers = {report['adapted_layers']} layers, "

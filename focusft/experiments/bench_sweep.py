@@ -158,7 +158,8 @@ def _div(a: float | None, b: float | None) -> float | None:
 
 def is_reference_model(spec: dict) -> bool:
     """The reference table applies to the default model, fp32, on CPU only."""
-    return spec["model"] == asdict(ModelSpec()) and spec["response_tokens"] == 64
+    return (spec["model"] == asdict(ModelSpec()) and spec["response_tokens"] == 64
+            and not spec.get("turns"))
 
 
 def interleaved_row(report: dict, seq_len: int) -> dict | None:

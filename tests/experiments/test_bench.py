@@ -118,3 +118,27 @@ def test_smollm2_shape_builds_the_real_bases_architecture():
     model = build_model(small, 64, "cpu")
     assert model.config.model_type == "llama" and model.config.tie_word_embeddings
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_turns_split_the_row_into_equal_turns_with_an_eighth_response():
+    from focusft.core.masks import AttentionLayout
+    from focusft.experiments.bench import build_batch, turn_spans
+
+    assert turn_spans(4096, 1) == [(0, 3584, 4096)]
+    spans = turn_spans(4096, 256)
+    assert len(spans) == 256 and all((e - s, e - r) == (16, 2) for s, r, e in spans)
+    batch = build_batch(1000, 64, 512, "cpu", 0, turns=7)
+    layout = AttentionLayout.glm(batch["loss_mask"], [1000])
+    assert [b.causal for b in layout.rows[0]] == [False, True] * 7
+    assert int(batch["loss_mask"].sum()) == sum(e - r for _, r, e in turn_spans(1000, 7))
+    plain = build_batch(1000, 64, 512, "cpu", 0)
+    assert plain["loss_mask"][0].nonzero().flatten().tolist() == list(range(936, 1000))
+    with pytest.raises(ValueError, match="--turns"):
+        BenchSpec(lengths=(1024, 256), turns=256)
+
+
+def test_turns_and_response_tokens_together_are_refused(tmp_path, capsys):
+    assert cli.main(["bench", "--tiny", "--turns", "4", "--response-tokens", "8",
+                     "--out", str(tmp_path)]) == 2
+    assert "--turns" in capsys.readouterr().err
+    assert not (tmp_path / "benchmark.json").exists()
