@@ -18,9 +18,10 @@ PACKAGE = ROOT / "focusft"
 
 # Bottom to top. A module's layer is the first entry its dotted name starts with.
 LAYERS = ["focusft.errors", "focusft.core", "focusft.sources", "focusft.data", "focusft.evaluation",
-          "focusft.diagnostics", "focusft.training", "focusft.experiments",
+          "focusft.diagnostics", "focusft.training", "focusft.experiments", "focusft.benchmarks",
           "focusft.commands", "focusft.cli"]
-TOP = {"focusft.commands": 8, "focusft.cli": 8}  # the CLI and its commands: one layer
+# experiments and benchmarks: one layer (neither imports the other); the CLI and its commands: one
+TOP = {"focusft.benchmarks": 7, "focusft.commands": 8, "focusft.cli": 8}
 
 
 def module_name(path: Path) -> str:

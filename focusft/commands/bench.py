@@ -5,8 +5,8 @@
     focusft bench --shape smollm2 --lengths 1k,2k,4k,8k --out docs   # the real base's shape
 
 Writes ``OUT/benchmark.json`` (every measurement, the resolved settings, the machine, the load)
-and ``OUT/benchmark.md`` (the tables: `focusft.experiments.bench_report`). What is measured and
-how: `focusft.experiments.bench`.
+and ``OUT/benchmark.md`` (the tables: `focusft.benchmarks.bench_report`). What is measured and
+how: `focusft.benchmarks.bench`.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def register(subparsers) -> None:
 
 
 def spec_from_args(args):
-    from focusft.experiments.bench import SHAPES, TINY_MODEL, BenchSpec, ModelSpec, parse_length
+    from focusft.benchmarks.bench import SHAPES, TINY_MODEL, BenchSpec, ModelSpec, parse_length
 
     base = SHAPES[args.shape] if args.shape else TINY_MODEL if args.tiny else ModelSpec()
     given = {"layers": args.layers, "hidden": args.hidden, "heads": args.heads,
@@ -128,7 +128,7 @@ def canonical_command(spec, out: str) -> str:
 
 
 def run(args) -> int:
-    from focusft.experiments.bench_report import run_and_write
+    from focusft.benchmarks.bench_report import run_and_write
 
     spec = spec_from_args(args)
     return run_and_write(spec, canonical_command(spec, args.out), args.out)

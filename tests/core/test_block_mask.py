@@ -5,7 +5,7 @@ BlockMask torch's own `create_block_mask` makes by evaluating that mask element 
 old construction). The BlockMask is checked the way the compiled kernels read it: a full tile
 counts as all visible without evaluating the mask_mod, a partial tile through the mask_mod, any
 other tile as hidden. FlexAttention runs forward only on CPU (torch 2.13); the compiled forward,
-backward, inner-loop gradients and checkpoint recompute are `focusft.experiments.gpu_check`'s.
+backward, inner-loop gradients and checkpoint recompute are `focusft.benchmarks.gpu_check`'s.
 """
 
 import random
@@ -17,7 +17,7 @@ from torch.nn.attention.flex_attention import create_block_mask
 from focusft.core import attention
 from focusft.core.block_mask import block_tables, from_key_ranges
 from focusft.core.masks import AttentionLayout, dense_mask
-from focusft.experiments.mask_memory import build_cost
+from focusft.benchmarks.mask_memory import build_cost
 from tiny import make_batch, tiny_qwen2
 
 HEADS, KV_HEADS, DIM = 4, 2, 8

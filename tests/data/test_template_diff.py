@@ -50,7 +50,7 @@ def test_one_render_for_all_turns_trains_what_one_render_per_turn_trains(name):
 
 
 def test_qwen3_takes_the_one_render_path_on_long_rows():
-    from focusft.experiments.tokenize_bench import conversation
+    from focusft.benchmarks.tokenize_bench import conversation
 
     tok = template_tokenizer(source("qwen3"))
     encoder = ChatEncoder(tok)

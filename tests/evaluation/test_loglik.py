@@ -99,7 +99,7 @@ def test_mcnemar_matches_scipy_binomial_test():
 
 def test_eval_cost_measures_both_ways(tmp_path, capsys):
     from chat_fixtures import save_chat_model
-    from focusft.experiments import eval_cost
+    from focusft.benchmarks import eval_cost
 
     model = save_chat_model(tmp_path / "m", layers=2, positions=2048)
     assert eval_cost.main(["--model", str(model), "--lengths", "0k", "--rows", "2"]) == 0

@@ -1,14 +1,14 @@
-"""`python -m focusft.experiments.gpu_check`: the checks that need a GPU, in one short run.
+"""`python -m focusft.benchmarks.gpu_check`: the checks that need a GPU, in one short run.
 
     scripts/gpu_check.sh                 # all parts, about 8 minutes on one H100 -> docs/
-    python -m focusft.experiments.gpu_check --parts equality --device cpu --out /tmp/x  # CPU part
+    python -m focusft.benchmarks.gpu_check --parts equality --device cpu --out /tmp/x  # CPU part
 
 Parts, in order (each one timed; one that fails is reported and the others still run; a part
 or a benchmark cell that would start after the ``--budget`` is over is listed as not run)::
 
     equality  --attention_kernel flex (compiled FlexAttention) == the SDPA path: forward,
               backward, the inner loop's gradients, activation checkpointing, windows,
-              soft-caps and sinks, in float32 and bfloat16 (`focusft.experiments.flex_equality`)
+              soft-caps and sinks, in float32 and bfloat16 (`focusft.benchmarks.flex_equality`)
     train     `focusft train`, 3 steps in bf16 at 8K tokens, a random model of Qwen2.5-0.5B's
               shape (built from a config, no hub), with both kernels
     syncs     one FocuSFT step under torch.cuda.set_sync_debug_mode("warn"): the host-device
@@ -42,7 +42,7 @@ TRAIN_TOKENS = 8192
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m focusft.experiments.gpu_check", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m focusft.benchmarks.gpu_check", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="directory for benchmark-gpu.md and benchmark-gpu.json")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
@@ -79,7 +79,7 @@ def machine(device: str) -> dict:
 
 # ------------------------------------------------------------------------------------ parts
 def part_equality(args, deadline) -> dict:
-    from focusft.experiments.flex_equality import run_all
+    from focusft.benchmarks.flex_equality import run_all
 
     rows = run_all(args.device, deadline=deadline)
     return {"rows": rows, "passed": all(r["passed"] for r in rows)}
@@ -177,7 +177,7 @@ def sync_sites(kernel: str, seq_len: int = 2048) -> dict:
     from focusft.core.fast_weights import FastWeights
     from focusft.core.inner import InnerConfig
     from focusft.core.step import BilevelStep, arm_inner, batch_layout, outer_loss
-    from focusft.experiments.flex_equality import tiny_model
+    from focusft.benchmarks.flex_equality import tiny_model
 
     model = tiny_model("cuda", torch.bfloat16).train()
     fast = FastWeights(model, rank=8, alpha=16.0)
@@ -326,7 +326,7 @@ def render_page(report: dict) -> str:
 
 def _equality_lines(part) -> list[str]:
     out = ["FlexAttention (`--attention_kernel flex`) against the SDPA path on the same model, batch "
-           "and seeds (`focusft/experiments/flex_equality.py`): the largest relative error "
+           "and seeds (`focusft/benchmarks/flex_equality.py`): the largest relative error "
            "||flex - sdpa|| / ||sdpa|| over the outputs and over the gradients of each check.", "",
            "| check | dtype | outputs | gradients | tolerance (out / grad) | result |", "|---|---|---|---|---|---|"]
     for r in part["rows"]:
@@ -391,7 +391,7 @@ def run(args) -> dict:
     start, deadline = time.monotonic(), time.monotonic() + args.budget
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = {"command": "python -m focusft.experiments.gpu_check " + " ".join(args.argv),
+    report = {"command": "python -m focusft.benchmarks.gpu_check " + " ".join(args.argv),
               "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": machine(args.device), "parts": {}, "wall_s": 0.0}
     for i, name in enumerate(args.parts):

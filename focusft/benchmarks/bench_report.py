@@ -1,6 +1,6 @@
 """The report of `focusft bench`: run the sweep, write ``benchmark.json`` and ``benchmark.md``.
 
-`render_markdown` turns the report (`focusft.experiments.bench_sweep.run_benchmark`) into the
+`render_markdown` turns the report (`focusft.benchmarks.bench_sweep.run_benchmark`) into the
 tables of docs/benchmark.md; nothing is measured here.
 """
 
@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 from focusft.errors import UserError
-from focusft.experiments.bench import (METHODS, REFERENCE_CPU, REFERENCE_SECONDS, describe_batch,
+from focusft.benchmarks.bench import (METHODS, REFERENCE_CPU, REFERENCE_SECONDS, describe_batch,
                                       resolve_device)
-from focusft.experiments.bench_sweep import (_cell, growth_exponents, is_reference_model,
+from focusft.benchmarks.bench_sweep import (_cell, growth_exponents, is_reference_model,
                                              run_benchmark, step_seconds)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from focusft.experiments import flex_equality, gpu_check
+from focusft.benchmarks import flex_equality, gpu_check
 
 
 def test_flags():
@@ -64,7 +64,7 @@ def test_train_command_parses_with_focusft_train_flags(tmp_path):
 
 
 def fake_report():
-    return {"command": "python -m focusft.experiments.gpu_check --out docs", "created": "2026-01-01 00:00 UTC",
+    return {"command": "python -m focusft.benchmarks.gpu_check --out docs", "created": "2026-01-01 00:00 UTC",
             "wall_s": 400.0,
             "machine": {"torch": "2.13.0", "device": "cuda", "gpu": "NVIDIA H100 80GB HBM3",
                         "gpu_memory_gib": 79.1, "capability": "9.0", "cuda": "12.8"},

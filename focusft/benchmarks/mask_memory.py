@@ -2,8 +2,8 @@
 (`focusft.core.block_mask`) or, for comparison, through torch's ``create_block_mask`` on the
 dense mask function (how focusft built it before).
 
-    python -m focusft.experiments.mask_memory 8k 32k 128k            # from key ranges
-    python -m focusft.experiments.mask_memory 4k 8k 16k --dense      # create_block_mask
+    python -m focusft.benchmarks.mask_memory 8k 32k 128k            # from key ranges
+    python -m focusft.benchmarks.mask_memory 4k 8k 16k --dense      # create_block_mask
 
 One row of S tokens in turns of 4096 tokens (3584 context, then a 512-token
 answer), GLM layout, CPU. Each length runs in a fresh process: the figure is the growth of the
@@ -47,7 +47,7 @@ def build_cost(seq: int, kind: str = "ranges") -> tuple[int, float]:
 
 
 def main(argv=None) -> int:
-    from focusft.experiments.bench import parse_length
+    from focusft.benchmarks.bench import parse_length
 
     argv = list(sys.argv[1:] if argv is None else argv)
     kind = "dense" if "--dense" in argv else "ranges"

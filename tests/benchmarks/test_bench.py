@@ -6,8 +6,8 @@ import math
 import pytest
 
 from focusft import cli
-from focusft.experiments.bench import METHODS, BenchSpec, cost_floor, parse_length
-from focusft.experiments.bench_sweep import pairwise, skip_reason, step_seconds
+from focusft.benchmarks.bench import METHODS, BenchSpec, cost_floor, parse_length
+from focusft.benchmarks.bench_sweep import pairwise, skip_reason, step_seconds
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_ratios_are_taken_pair_by_pair_so_drift_cancels():
 
 
 def test_smollm2_shape_builds_the_real_bases_architecture():
-    from focusft.experiments.bench import SHAPES, build_model
+    from focusft.benchmarks.bench import SHAPES, build_model
 
     spec = SHAPES["smollm2"]
     assert (spec.layers, spec.hidden, spec.heads, spec.kv_heads, spec.vocab) == (30, 576, 9, 3, 49152)
@@ -122,7 +122,7 @@ def test_smollm2_shape_builds_the_real_bases_architecture():
 
 def test_turns_split_the_row_into_equal_turns_with_an_eighth_response():
     from focusft.core.masks import AttentionLayout
-    from focusft.experiments.bench import build_batch, turn_spans
+    from focusft.benchmarks.bench import build_batch, turn_spans
 
     assert turn_spans(4096, 1) == [(0, 3584, 4096)]
     spans = turn_spans(4096, 256)

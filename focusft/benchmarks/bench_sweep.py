@@ -1,6 +1,6 @@
 """The benchmark sweep over methods and lengths (`focusft bench`), and what its report derives.
 
-Each (method, length) cell is measured in its own subprocess by `focusft.experiments.bench`
+Each (method, length) cell is measured in its own subprocess by `focusft.benchmarks.bench`
 (``measure_isolated``); here: the order of the cells, skipping lengths that cannot fit,
 machine facts, and the ratios / growth exponents / targets the report prints.
 """
@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from focusft.experiments.bench import (METHODS, REFERENCE_SECONDS, BenchSpec, ModelSpec, _failed,
+from focusft.benchmarks.bench import (METHODS, REFERENCE_SECONDS, BenchSpec, ModelSpec, _failed,
                                        cost_floor, measure, measure_interleaved, measure_isolated,
                                        resolve_device)
 
@@ -124,7 +124,7 @@ def machine_info(spec: BenchSpec) -> dict:
 
 
 def run_benchmark(spec: BenchSpec, command: str, log=print) -> dict:
-    """Run the sweep and assemble the report (`focusft.experiments.bench_report` writes it)."""
+    """Run the sweep and assemble the report (`focusft.benchmarks.bench_report` writes it)."""
     from focusft.core.models import adapted_layer_indices
 
     load_start = os.getloadavg()

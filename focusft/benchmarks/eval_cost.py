@@ -1,6 +1,6 @@
 """Cost of likelihood scoring against greedy generation, per row, measured in one run.
 
-``python -m focusft.experiments.eval_cost --model DIR --lengths 1k,2k --rows 6`` scores the same
+``python -m focusft.benchmarks.eval_cost --model DIR --lengths 1k,2k --rows 6`` scores the same
 BABILong rows (`focusft eval`'s test rows, qa1-qa5 in turn) both ways, row by row, alternating
 which goes first, under the causal mask, and prints the median seconds per row of each and
 their ratio per length. Generation runs to the task's ``max_new_tokens`` or the first stop token;

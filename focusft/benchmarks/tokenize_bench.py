@@ -1,6 +1,6 @@
 """Tokenization throughput of the loss-mask rules of `focusft.data.templates`, in rows per second.
 
-    python -m focusft.experiments.tokenize_bench --turns 1 8 64 --rows 30 --chat_template qwen3.jinja
+    python -m focusft.benchmarks.tokenize_bench --turns 1 8 64 --rows 30 --chat_template qwen3.jinja
 
 Each row is a system message plus N user/assistant turns of prose (about 40 tokens a message),
 tokenized with the embedded default tokenizer, whose template carries ``{% generation %}``

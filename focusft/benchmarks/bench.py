@@ -33,7 +33,7 @@ peak-memory reading starts clean and an out-of-memory kill costs one cell, not t
   bytes the step left allocated (0 for a step that frees what it made: anything else grows
   with every step).
 
-The parent writes ``benchmark.json`` and ``benchmark.md`` (`focusft.experiments.bench_report`).
+The parent writes ``benchmark.json`` and ``benchmark.md`` (`focusft.benchmarks.bench_report`).
 """
 
 from __future__ import annotations
@@ -437,7 +437,7 @@ def measure_isolated(spec: BenchSpec, method: str | None, seq_len: int) -> dict:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "focusft.experiments.bench", payload]
+    cmd = [sys.executable, "-m", "focusft.benchmarks.bench", payload]
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
