@@ -184,8 +184,10 @@ def test_model_with_many_turns_equals_its_eager_forward(kind):
     got = model(batch["input_ids"], layout=layout).logits
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
     got[real].square().sum().backward()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, want_grads[n], rtol=1e-4, atol=1e-5, msg=n)
+    for n, p in model.named_parameters():  # float32 sums in another order: within 1e-6 of
+        scale = float(want_grads[n].abs().max())  # the largest entry (embeddings reach ~100)
+        torch.testing.assert_close(p.grad, want_grads[n], rtol=1e-4, atol=max(1e-5, 1e-6 * scale),
+                                   msg=n)
     model.zero_grad()  # the last layer computing only the rows where logits are taken
     tail = layout.with_tail(needed, model.config.num_hidden_layers - 1)
     got = model(batch["input_ids"], layout=tail).logits
