@@ -157,30 +157,30 @@ def _check_tensor_types(info: GgufInfo, flag: str) -> None:
                         "or upgrade gguf")
 
 
+def _from_file(auto, what: str, file: Path, flag: str):
+    """``auto.from_pretrained`` of the GGUF file's ``what``, a UserError where transformers
+    cannot read it."""
+    inspect(file, flag)
+    try:
+        return auto.from_pretrained(str(file.parent), gguf_file=file.name)
+    except (ValueError, NotImplementedError, KeyError, OSError) as err:
+        raise UserError(f"{flag} {file}: transformers cannot read the {what} of this GGUF file "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                        ) from None
+
+
 def load_tokenizer(file: Path, flag: str = "--model"):
     """The tokenizer (with the chat template) stored in a GGUF file."""
     from transformers import AutoTokenizer
 
-    inspect(file, flag)
-    try:
-        return AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    except (ValueError, NotImplementedError, KeyError, OSError) as err:
-        raise UserError(f"{flag} {file}: transformers cannot read the tokenizer of this GGUF file "
-                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-                        ) from None
+    return _from_file(AutoTokenizer, "tokenizer", file, flag)
 
 
 def read_config(file: Path, flag: str = "--model"):
     """The model config stored in the file's metadata (no tensor is read)."""
     from transformers import AutoConfig
 
-    inspect(file, flag)
-    try:
-        return AutoConfig.from_pretrained(str(file.parent), gguf_file=file.name)
-    except (ValueError, NotImplementedError, KeyError, OSError) as err:
-        raise UserError(f"{flag} {file}: transformers cannot read the config of this GGUF file "
-                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-                        ) from None
+    return _from_file(AutoConfig, "config", file, flag)
 
 
 def load(file: Path, dtype: str = "float32", flag: str = "--model", rope_scaling: dict | None = None):
