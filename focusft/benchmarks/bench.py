@@ -98,6 +98,7 @@ class BenchSpec:
     attention_kernel: str = "sdpa"  # sdpa (block-prefix SDPA) | flex (FlexAttention, CUDA only)
     live_memory: bool = True  # CPU: one extra profiled step for the live-tensor peak
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    clock: str = "wall"  # wall: perf_counter | cpu: this process's CPU time (CPU device only)
     inner_steps: int = 2
     inner_lr: float = 1.0
     fast_rank: int = 32
@@ -116,6 +117,11 @@ class BenchSpec:
             raise ValueError(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
         if self.repeats < 1 or self.warmup < 0:
             raise ValueError("--repeats must be >= 1 and --warmup >= 0")
+        if self.clock not in ("wall", "cpu"):
+            raise ValueError(f"--clock {self.clock}: choose wall or cpu")
+        if self.clock == "cpu" and self.device == "cuda":
+            raise ValueError("--clock cpu times the CPU work of this process; a CUDA step needs "
+                             "--clock wall")
         if self.turns < 0:
             raise ValueError(f"--turns {self.turns}: give a number of turns >= 1")
         short = [n for n in self.lengths if n <= self.response_tokens] if not self.turns else \
@@ -230,16 +236,22 @@ def build_batch(seq_len: int, response_tokens: int, vocab: int, device: str, see
 
 
 class Clock:
-    """perf_counter, synchronised with the device first (CUDA kernels are asynchronous)."""
+    """perf_counter, synchronised with the device first (CUDA kernels are asynchronous); or,
+    with kind "cpu", the CPU time of this process (all its threads): what the step itself
+    computed, untouched by other jobs taking turns on the same cores. With one thread
+    (--threads 1) it is the step's work; with several it also counts their spin-waits."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, kind: str = "wall"):
         import torch
 
+        if kind == "cpu" and device == "cuda":
+            raise ValueError("a CPU-time clock cannot time CUDA kernels")
         self.sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+        self.read = time.process_time if kind == "cpu" else time.perf_counter
 
     def __call__(self) -> float:
         self.sync()
-        return time.perf_counter()
+        return self.read()
 
 
 class PeakMemory:
@@ -301,7 +313,7 @@ class Stepper:
         self.model, self.batch, self.method = model, batch, method
         self.attention = "causal" if method == "sft-causal" else "glm"
         self.kernel = spec.attention_kernel
-        self.clock = Clock(device)
+        self.clock = Clock(device, spec.clock)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=spec.outer_lr, weight_decay=0.01)
         self.fast = self.bilevel = None
         self._inner_t: list[float] = []

@@ -78,6 +78,9 @@ def render_markdown(report: dict) -> str:
          if spec.get("interleave") else
          f"Time: median of {spec['repeats']} steps after {spec['warmup']} warm-up step(s); "
          f"{'one fresh subprocess per cell' if spec['isolate'] else 'all cells in one process'}  "),
+        ("Clock: CPU time of the bench process (`time.process_time`, all its threads), not "
+         "elapsed time: other jobs on the machine do not count  "
+         if spec.get("clock") == "cpu" else "Clock: elapsed time (`time.perf_counter`)  "),
         "Peak memory: " + _mem_method(res) + ("; live tensors: peak of the running sum of "
         "allocation events of one extra step under torch.profiler(profile_memory=True)"
         if spec.get("live_memory") and mach["device"] == "cpu" else ""), "",

@@ -66,6 +66,9 @@ def register(subparsers) -> None:
                    help="skip the extra profiled step that reads the live-tensor peak (CPU)")
     r.add_argument("--threads", type=int, default=0,
                    help="torch intra-op threads per cell (0 = torch's default)")
+    r.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall: elapsed time; cpu: this process's CPU time, so that other jobs "
+                        "on the machine do not count (CPU only; exact with --threads 1)")
     r.add_argument("--no-interleave", action="store_true",
                    help="time each (method, length) cell on its own instead of interleaving the "
                         "methods repeat by repeat in one process per length")
@@ -95,7 +98,7 @@ def spec_from_args(args):
             model=model, methods=tuple(split_items(args.methods)),
             lengths=tuple(parse_length(x) for x in split_items(lengths)),
             repeats=args.repeats, warmup=args.warmup, response_tokens=args.response_tokens or 64, turns=args.turns,
-            device=args.device, threads=args.threads, attention_kernel=args.attention_kernel,
+            device=args.device, threads=args.threads, clock=args.clock, attention_kernel=args.attention_kernel,
             live_memory=not args.no_live_memory, inner_steps=args.inner_steps,
             fast_rank=args.fast_rank, fast_alpha=args.fast_alpha,
             fast_layer_fraction=args.fast_layer_fraction, seed=args.seed,
@@ -119,7 +122,7 @@ def canonical_command(spec, out: str) -> str:
         "--fast-rank", spec.fast_rank, "--fast-alpha", f"{spec.fast_alpha:g}",
         "--fast-layer-fraction", f"{spec.fast_layer_fraction:g}", "--seed", spec.seed,
         "--device", spec.device, "--attention-kernel", spec.attention_kernel,
-        "--threads", spec.threads,
+        "--threads", spec.threads, "--clock", spec.clock,
         "--config-timeout", f"{spec.config_timeout:g}",
     ]
     extra = ("" if spec.isolate else " --inline") + ("" if spec.live_memory else " --no-live-memory") \

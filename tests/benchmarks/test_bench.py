@@ -142,3 +142,26 @@ def test_turns_and_response_tokens_together_are_refused(tmp_path, capsys):
                      "--out", str(tmp_path)]) == 2
     assert "--turns" in capsys.readouterr().err
     assert not (tmp_path / "benchmark.json").exists()
+
+
+def test_cpu_clock_counts_this_process_work_not_waiting():
+    import time
+
+    from focusft.benchmarks.bench import Clock
+
+    wall, cpu = Clock("cpu", "wall"), Clock("cpu", "cpu")
+    w0, c0 = wall(), cpu()
+    time.sleep(0.3)  # the CPU is given away, as when other jobs take their turn
+    assert wall() - w0 >= 0.3 and cpu() - c0 < 0.1
+    with pytest.raises(ValueError, match="--clock"):
+        BenchSpec(clock="cpu", device="cuda")
+
+
+def test_bench_with_the_cpu_clock_says_so(tmp_path):
+    assert cli.main(["bench", "--tiny", "--lengths", "256", "--repeats", "1", "--warmup", "0",
+                     "--clock", "cpu", "--threads", "1", "--no-live-memory", "--inline",
+                     "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert report["spec"]["clock"] == "cpu" and "--clock cpu" in report["command"]
+    assert all(s > 0 for r in report["interleaved"][0]["rounds"] for s in r.values())
+    assert "CPU time of the bench process" in (tmp_path / "benchmark.md").read_text()
