@@ -185,12 +185,20 @@ def push_final(trainer, final: Path, cfg: FocusConfig) -> None:
                            commit_message="focusft: final model", revision=cfg.hub_revision)
 
 
+def quiet_other_ranks() -> None:
+    """Under a launcher every process runs `train`; the run's report lines (data read, model
+    check) come from the main process only, the others say only what fails."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        logger.setLevel(logging.ERROR)
+
+
 def train(cfg: FocusConfig) -> dict:
     """Set up, fit, save, and (for the embedded default) measure held-out accuracy."""
     from focusft.training.trainer import FocusTrainer
 
     check_output_dir(cfg)
     adopt_slurm()  # srun without torchrun; before the process group forms (cfg.world_size)
+    quiet_other_ranks()
     prepare_deepspeed(cfg)
     if (problem := launch_problem(cfg.world_size, cfg.use_cpu)):  # N processes, N lone copies
         raise UserError(problem)

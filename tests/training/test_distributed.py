@@ -240,6 +240,7 @@ def test_torchrun_cli_outputs_complete_and_resumable(model_dir, data_file, tmp_p
     proc = run(torchrun("-m", "focusft.cli", *cli_flags(model_dir, data_file, a), *flags))
     assert proc.stdout.count("focusft train: done, 4 steps") == 1  # the main process's summary
     assert proc.stdout.count(f"final model: {a / 'final'}") == 1
+    assert proc.stderr.count("focusft data ") == 1  # the run's report lines: the main process's
     assert sorted(p.name for p in a.iterdir()) == [
         "checkpoint-2", "checkpoint-4", "data_report.json", "final", "result.json"]
     assert json.loads((a / "result.json").read_text())["steps"] == 4
