@@ -49,7 +49,13 @@ class DiagnosticsCallback(TrainerCallback):
         """Register with `trainer` and log through it (see module docstring)."""
         self.trainer = trainer
         self.fast = getattr(trainer, "fast", None)
-        trainer.add_callback(self)
+        handler = getattr(trainer, "callback_handler", None)
+        if handler is not None and any(isinstance(c, DiagnosticsCallback) for c in handler.callbacks):
+            # one callback per probe mask, by design: not the accidental duplicate that
+            # `add_callback` warns about
+            handler.callbacks.append(self)
+        else:
+            trainer.add_callback(self)
         return self
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -349,3 +349,27 @@ def test_callback_measures_with_fast_weights_off(tmp_path):
     assert trainer.logged[0]["diag/sink"] == pytest.approx(want["sink"])
     assert trainer.logged[0]["diag/context"] == pytest.approx(want["context"])
     assert fast.enabled
+
+
+def test_one_callback_per_mask_attaches_without_the_duplicate_warning(tmp_path):
+    import logging
+
+    from transformers import Trainer, TrainingArguments
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("transformers.trainer_callback")
+    log.addHandler(handler)
+    try:
+        trainer = Trainer(model=tiny_qwen2(layers=2),
+                          args=TrainingArguments(output_dir=str(tmp_path), report_to=[],
+                                                 use_cpu=True))
+        glm = DiagnosticsCallback(make_batch(ROWS), 1, str(tmp_path), mask="glm").attach(trainer)
+        causal = DiagnosticsCallback(make_batch(ROWS), 1, str(tmp_path), mask="causal",
+                                     prefix="diag_causal/").attach(trainer)
+    finally:
+        log.removeHandler(handler)
+    mine = [c for c in trainer.callback_handler.callbacks if isinstance(c, DiagnosticsCallback)]
+    assert mine == [glm, causal]
+    assert not [r for r in records if "already one" in r.getMessage()]
