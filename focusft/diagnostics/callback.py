@@ -50,12 +50,10 @@ class DiagnosticsCallback(TrainerCallback):
         self.trainer = trainer
         self.fast = getattr(trainer, "fast", None)
         handler = getattr(trainer, "callback_handler", None)
-        if handler is not None and any(isinstance(c, DiagnosticsCallback) for c in handler.callbacks):
-            # one callback per probe mask, by design: not the accidental duplicate that
-            # `add_callback` warns about
-            handler.callbacks.append(self)
-        else:
+        if handler is None:
             trainer.add_callback(self)
+        else:  # one callback per probe mask by design, which `add_callback` warns about
+            handler.callbacks.append(self)
         return self
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
